@@ -1,0 +1,1 @@
+"""chatlane's HTTP front end: accepts turns, queues them, serves their results."""

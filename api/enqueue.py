@@ -1,0 +1,41 @@
+"""Accepting a turn: one Lua script records and queues it, then a worker is nudged."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from anyio import to_thread
+
+from api.deps import AppState
+from shared.keys import GlobalKeys, SessionKeys
+from shared.mailbox import AcceptCall, Accepted
+from shared.schemas import now_ms
+
+
+async def accept(
+    state: AppState,
+    keys: SessionKeys,
+    *,
+    kind: str,
+    input_doc: dict[str, Any] | None,
+    idempotency_key: str | None,
+) -> Accepted:
+    """Record the turn (``queued``) on the session mailbox and wake a worker if needed.
+
+    The session is marked active *before* the script runs, so the sweeper always knows
+    of a session that may hold pending turns. The nudge is skipped when a worker holds
+    the session lock: that worker checks the mailbox before it releases (same script).
+    Raises ``IdempotencyConflict`` or ``MailboxFull``; then nothing was queued.
+    """
+    settings = state.settings
+    call = AcceptCall.build(
+        settings, keys, kind=kind, input_doc=input_doc, idempotency_key=idempotency_key
+    )
+    pipe = state.redis.pipeline(transaction=False)
+    pipe.zadd(GlobalKeys(settings.key_prefix).active, {keys.member: now_ms()})
+    await state.scripts.accept(keys=call.keys, args=call.args, client=pipe)
+    results = await pipe.execute()
+    accepted = call.parse(results[-1])
+    if accepted.needs_nudge:
+        await to_thread.run_sync(state.nudger.nudge, keys.tenant, keys.session)
+    return accepted

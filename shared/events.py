@@ -1,0 +1,82 @@
+"""The per-turn event stream: status changes, token deltas and the final event.
+
+Entries are ``{"type": "status" | "delta" | "final", "data": <JSON>}``. Deltas carry the
+attempt that produced them, so a reader can drop deltas of an attempt that was retried.
+The final event is written by ``commit.lua`` in the same step that commits the turn.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from shared.keys import SessionKeys
+
+FINAL = "final"
+
+
+class DeltaWriter:
+    """Buffers token deltas and appends them to the stream at most every ``flush_s``.
+
+    Whatever is still buffered when the turn ends is handed to the commit script
+    (``take_tail``), so a fast reply costs no extra round trip.
+    """
+
+    def __init__(
+        self, client: Any, keys: SessionKeys, turn_id: str, attempt: int, flush_s: float
+    ) -> None:
+        self._client = client
+        self._key = keys.events(turn_id)
+        self._attempt = attempt
+        self._flush_s = flush_s
+        self._try = 0
+        self._buffer: list[str] = []
+        self._since = time.monotonic()
+
+    def retry(self) -> None:
+        """A new model try begins: drop unsent text; later deltas carry the next ``try``."""
+        self._buffer.clear()
+        self._try += 1
+
+    def write(self, text: str) -> None:
+        if not text:
+            return
+        self._buffer.append(text)
+        if time.monotonic() - self._since >= self._flush_s:
+            self.flush()
+
+    def flush(self) -> None:
+        tail = self.take_tail()
+        if tail:
+            data = json.dumps({"attempt": self._attempt, "try": self._try, "text": tail})
+            self._client.xadd(self._key, {"type": "delta", "data": data})
+
+    def take_tail(self) -> str:
+        tail = "".join(self._buffer)
+        self._buffer.clear()
+        self._since = time.monotonic()
+        return tail
+
+
+async def wait_for_final(client: Any, keys: SessionKeys, turn_id: str, timeout_s: float) -> bool:
+    """Block (asyncio) until the turn's final event exists or ``timeout_s`` passes.
+
+    Reads the stream from its start, so a final event written before the call is seen:
+    no notification can be missed. Returns True when the final event was seen.
+    """
+    key = keys.events(turn_id)
+    deadline = time.monotonic() + timeout_s
+    last_id = "0-0"
+    while True:
+        remaining_ms = int((deadline - time.monotonic()) * 1000)
+        if remaining_ms <= 0:
+            return False
+        reply = await client.xread({key: last_id}, count=256, block=remaining_ms)
+        if not reply:
+            return False
+        for _stream, entries in reply:
+            for entry_id, fields in entries:
+                last_id = entry_id
+                if fields.get("type") == FINAL:
+                    return True

@@ -1,0 +1,187 @@
+"""The session mailbox: accepting turns, taking the head, committing it.
+
+The mailbox is a Redis list of turn ids in sequence order. Each operation is one
+Lua script, so a session's queue, history and lock only ever change together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from shared.errors import CommitRejected, IdempotencyConflict, MailboxFull, SessionBusy
+from shared.keys import SessionKeys
+from shared.schemas import now_ms
+from shared.settings import Settings
+
+
+def new_turn_id() -> str:
+    return f"turn_{secrets.token_hex(12)}"
+
+
+def fingerprint(kind: str, input_json: str) -> str:
+    """What an ``Idempotency-Key`` is bound to: the operation and its exact input."""
+    return hashlib.sha256(f"{kind}\n{input_json}".encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    turn_id: str
+    seq: int | None
+    replayed: bool
+    needs_nudge: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptCall:
+    """The arguments of one ``accept.lua`` call, built without I/O."""
+
+    keys: list[str]
+    args: list[str | int]
+
+    @classmethod
+    def build(
+        cls,
+        settings: Settings,
+        keys: SessionKeys,
+        *,
+        kind: str,
+        input_doc: dict[str, Any] | None,
+        idempotency_key: str | None,
+    ) -> AcceptCall:
+        turn_id = new_turn_id()
+        input_json = json.dumps(input_doc, separators=(",", ":")) if input_doc is not None else ""
+        return cls(
+            keys=[
+                keys.meta,
+                keys.mailbox,
+                keys.turn(turn_id),
+                keys.events(turn_id),
+                keys.idempotency(idempotency_key or ""),
+                keys.lock,
+            ],
+            args=[
+                turn_id,
+                kind,
+                input_json,
+                now_ms(),
+                settings.session_ttl_ms,
+                "1" if idempotency_key else "0",
+                fingerprint(kind, input_json),
+                settings.idempotency_ttl_s * 1000,
+                settings.max_pending_turns,
+                keys.session,
+            ],
+        )
+
+    def parse(self, reply: Sequence[Any]) -> Accepted:
+        """Turn the script's answer into ``Accepted`` or the matching ``AcceptRejected``."""
+        verdict = reply[0]
+        if verdict == "OK":
+            return Accepted(str(reply[1]), int(reply[2]), replayed=False, needs_nudge=not reply[3])
+        if verdict == "REPLAY":
+            return Accepted(str(reply[1]), None, replayed=True, needs_nudge=False)
+        if verdict == "CONFLICT":
+            raise IdempotencyConflict(str(reply[1]))
+        raise MailboxFull(f"{reply[1]} turns are already pending in this session")
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """The mailbox head as ``begin.lua`` hands it to the worker that holds the lock."""
+
+    turn_id: str
+    kind: str
+    seq: int
+    input: dict[str, Any] | None
+    attempt: int
+    history: list[dict[str, Any]]
+
+
+def begin(scripts: Any, keys: SessionKeys, token: str, settings: Settings) -> Head | None:
+    """Take (or keep) the lock and the mailbox head; ``None`` when nothing is pending.
+
+    Raises ``SessionBusy`` when another worker holds the lock. One round trip.
+    """
+    reply = scripts.begin(
+        keys=[keys.lock, keys.mailbox, keys.history],
+        args=[
+            token,
+            settings.lock_ttl_ms,
+            settings.history_window,
+            now_ms(),
+            keys.turn_prefix,
+            keys.events_prefix,
+        ],
+    )
+    verdict = reply[0]
+    if verdict == "BUSY":
+        raise SessionBusy(keys.member)
+    if verdict == "EMPTY":
+        return None
+    return Head(
+        turn_id=reply[1],
+        kind=reply[2],
+        seq=int(reply[3]),
+        input=json.loads(reply[4]) if reply[4] else None,
+        attempt=int(reply[5]),
+        history=[json.loads(doc) for doc in reply[6:]],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a turn produced: ``completed`` with messages and output, or ``failed`` with an error."""
+
+    status: str
+    output: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    messages: tuple[dict[str, Any], ...] = ()
+    tail_delta: str = ""
+
+
+def commit(
+    scripts: Any,
+    keys: SessionKeys,
+    token: str,
+    head: Head,
+    outcome: Outcome,
+    settings: Settings,
+) -> bool:
+    """Fenced commit of the head; returns True when the lock was released (mailbox empty).
+
+    Raises ``CommitRejected`` with ``NOT_OWNER``, ``DUPLICATE`` or ``OUT_OF_ORDER``; then
+    nothing was written. One round trip.
+    """
+    dumps = json.dumps
+    reply = scripts.commit(
+        keys=[
+            keys.lock,
+            keys.mailbox,
+            keys.history,
+            keys.meta,
+            keys.turn(head.turn_id),
+            keys.events(head.turn_id),
+        ],
+        args=[
+            token,
+            head.turn_id,
+            head.seq,
+            outcome.status,
+            now_ms(),
+            settings.session_ttl_ms,
+            settings.lock_ttl_ms,
+            dumps(outcome.output) if outcome.output is not None else "",
+            dumps(outcome.error) if outcome.error is not None else "",
+            outcome.tail_delta,
+            head.attempt,
+            *(dumps(m, separators=(",", ":")) for m in outcome.messages),
+        ],
+    )
+    if reply[0] != "OK":
+        raise CommitRejected(reply[0])
+    return bool(int(reply[1]))

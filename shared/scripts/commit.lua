@@ -1,0 +1,60 @@
+-- commit: fenced, exactly-once, in-order completion of the mailbox head, then release
+-- the lock if nothing else is pending.
+--
+-- KEYS[1] lock     KEYS[2] mailbox   KEYS[3] history   KEYS[4] meta
+-- KEYS[5] turn     KEYS[6] events
+-- ARGV[1] token    ARGV[2] turn id   ARGV[3] seq   ARGV[4] status ("completed" | "failed")
+-- ARGV[5] now (ms) ARGV[6] session TTL (ms)   ARGV[7] lock TTL (ms)
+-- ARGV[8] output JSON or ""   ARGV[9] error JSON or ""   ARGV[10] unsent token delta or ""
+-- ARGV[11] attempt   ARGV[12..] message JSON documents to append to history
+-- Returns {"OK", released (0|1)} | {"NOT_OWNER"} | {"DUPLICATE"} | {"OUT_OF_ORDER"}.
+-- Only "OK" writes anything.
+if redis.call("GET", KEYS[1]) ~= ARGV[1] then
+  return {"NOT_OWNER"}
+end
+local turn = redis.call("HMGET", KEYS[5], "status", "kind")
+local status, kind = turn[1], turn[2]
+if status ~= "queued" and status ~= "running" then
+  return {"DUPLICATE"}
+end
+local seq = tonumber(ARGV[3])
+local done = tonumber(redis.call("HGET", KEYS[4], "done_seq") or "0")
+if redis.call("LINDEX", KEYS[2], 0) ~= ARGV[2] or seq <= done then
+  return {"OUT_OF_ORDER"}
+end
+
+if kind == "clear" then
+  redis.call("DEL", KEYS[3])
+elseif ARGV[4] == "completed" and #ARGV > 11 then
+  redis.call("RPUSH", KEYS[3], unpack(ARGV, 12))
+end
+redis.call("HSET", KEYS[5], "status", ARGV[4], "finished_at", ARGV[5])
+if ARGV[8] ~= "" then
+  redis.call("HSET", KEYS[5], "output", ARGV[8])
+end
+if ARGV[9] ~= "" then
+  redis.call("HSET", KEYS[5], "error", ARGV[9])
+end
+redis.call("HSET", KEYS[4], "done_seq", seq)
+redis.call("LPOP", KEYS[2])
+
+local attempt = tonumber(ARGV[11])
+if ARGV[10] ~= "" then
+  redis.call("XADD", KEYS[6], "*", "type", "delta",
+    "data", cjson.encode({attempt = attempt, text = ARGV[10]}))
+end
+redis.call("XADD", KEYS[6], "*", "type", "final",
+  "data", cjson.encode({status = ARGV[4], seq = seq, attempt = attempt}))
+
+local ttl = ARGV[6]
+redis.call("PEXPIRE", KEYS[3], ttl)
+redis.call("PEXPIRE", KEYS[4], ttl)
+redis.call("PEXPIRE", KEYS[5], ttl)
+redis.call("PEXPIRE", KEYS[6], ttl)
+if redis.call("LLEN", KEYS[2]) == 0 then
+  redis.call("DEL", KEYS[1])
+  return {"OK", 1}
+end
+redis.call("PEXPIRE", KEYS[2], ttl)
+redis.call("PEXPIRE", KEYS[1], ARGV[7])
+return {"OK", 0}

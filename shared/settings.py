@@ -1,0 +1,77 @@
+"""The one typed settings object. This is the only module that reads the environment."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of chatlane, read once at the process edge (``CHATLANE_`` prefix).
+
+    Durations are seconds, sizes are bytes or characters as named. Tests build
+    ``Settings(...)`` explicitly and pass it down; nothing reads ``os.environ`` later.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="CHATLANE_", extra="ignore", frozen=True)
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    broker_url: str | None = None
+    key_prefix: str = Field(default="chatlane", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+
+    model: str = Field(default="echo", pattern=r"^(echo|openai:.+)$")
+    openai_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "CHATLANE_OPENAI_API_KEY")
+    )
+    openai_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_BASE_URL", "CHATLANE_OPENAI_BASE_URL")
+    )
+    system_prompt: str = ""
+    echo_delay_s: float = Field(default=0.0, ge=0)
+
+    history_window: int = Field(default=20, ge=0)
+    session_ttl_s: int = Field(default=7 * 24 * 3600, ge=1)
+    lock_ttl_s: float = Field(default=30.0, gt=0.3)
+    sweep_interval_s: float = Field(default=5.0, gt=0)
+    model_timeout_s: float = Field(default=60.0, gt=0)
+    model_max_retries: int = Field(default=3, ge=0)
+    retry_backoff_s: float = Field(default=0.5, ge=0)
+    turn_deadline_s: float = Field(default=300.0, gt=0)
+    max_turn_attempts: int = Field(default=3, ge=1)
+    stream_flush_s: float = Field(default=0.05, ge=0)
+
+    max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    max_message_chars: int = Field(default=32_000, ge=1)
+    max_pending_turns: int = Field(default=1000, ge=1)
+    max_wait_s: float = Field(default=60.0, ge=0)
+    idempotency_ttl_s: int = Field(default=24 * 3600, ge=1)
+    default_tenant: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+
+    worker_concurrency: int = Field(default=128, ge=1)
+    queue: str = "chatlane"
+
+    @model_validator(mode="after")
+    def _deadline_covers_a_model_call(self) -> Settings:
+        if self.turn_deadline_s < self.model_timeout_s:
+            raise ValueError("CHATLANE_TURN_DEADLINE_S must be at least CHATLANE_MODEL_TIMEOUT_S")
+        return self
+
+    @cached_property
+    def effective_broker_url(self) -> str:
+        """The Celery broker: ``CHATLANE_BROKER_URL``, else the session-data Redis."""
+        return self.broker_url or self.redis_url
+
+    @property
+    def lock_ttl_ms(self) -> int:
+        return int(self.lock_ttl_s * 1000)
+
+    @property
+    def session_ttl_ms(self) -> int:
+        return self.session_ttl_s * 1000
+
+    @property
+    def visibility_timeout_s(self) -> int:
+        """Broker redelivery horizon, well above a turn's deadline (correctness never needs it)."""
+        return int(max(3600.0, 4 * self.turn_deadline_s))

@@ -1,0 +1,1 @@
+"""chatlane workers: the Celery app, the drain task and the turn pipeline."""
