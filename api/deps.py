@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Path, Request
 
 from shared.keys import SESSION_ID_PATTERN, SessionKeys
-from shared.nudge import Nudger
+from shared.nudge import AsyncNudger
 from shared.settings import Settings
 
 
@@ -19,10 +19,10 @@ class AppState:
     settings: Settings
     redis: Any
     scripts: Any
-    nudger: Nudger
+    nudger: AsyncNudger
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.chatlane
     return state
 

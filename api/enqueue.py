@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from anyio import to_thread
+from redis.exceptions import NoScriptError
 
 from api.deps import AppState
 from shared.keys import GlobalKeys, SessionKeys
@@ -25,17 +25,23 @@ async def accept(
     The session is marked active *before* the script runs, so the sweeper always knows
     of a session that may hold pending turns. The nudge is skipped when a worker holds
     the session lock: that worker checks the mailbox before it releases (same script).
-    Raises ``IdempotencyConflict`` or ``MailboxFull``; then nothing was queued.
+    Raises ``IdempotencyConflict`` or ``MailboxFull``; then nothing was queued. Costs one
+    round trip, plus one to the broker when a worker must be woken.
     """
     settings = state.settings
     call = AcceptCall.build(
         settings, keys, kind=kind, input_doc=input_doc, idempotency_key=idempotency_key
     )
+    script = state.scripts.accept
     pipe = state.redis.pipeline(transaction=False)
     pipe.zadd(GlobalKeys(settings.key_prefix).active, {keys.member: now_ms()})
-    await state.scripts.accept(keys=call.keys, args=call.args, client=pipe)
-    results = await pipe.execute()
-    accepted = call.parse(results[-1])
+    # EVALSHA directly: a pipeline holding Script objects re-checks SCRIPT EXISTS each time.
+    pipe.evalsha(script.sha, len(call.keys), *call.keys, *call.args)
+    try:
+        reply = (await pipe.execute())[-1]
+    except NoScriptError:  # the server restarted and lost its script cache
+        reply = await script(keys=call.keys, args=call.args)
+    accepted = call.parse(reply)
     if accepted.needs_nudge:
-        await to_thread.run_sync(state.nudger.nudge, keys.tenant, keys.session)
+        await state.nudger.nudge(keys.tenant, keys.session)
     return accepted

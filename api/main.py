@@ -11,7 +11,7 @@ from api import problems
 from api.deps import AppState
 from api.limits import BodyLimit
 from api.routes import health, sessions, turns
-from shared.nudge import Nudger, producer_app
+from shared.nudge import AsyncNudger, is_redis_broker
 from shared.redis import async_client
 from shared.scripts import Scripts
 from shared.settings import Settings
@@ -24,17 +24,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         client = async_client(settings.redis_url)
-        producer = producer_app(settings)
+        broker_url = settings.effective_broker_url
+        broker = None
+        if is_redis_broker(broker_url):
+            broker = client if broker_url == settings.redis_url else async_client(broker_url)
+        nudger = AsyncNudger(settings, broker)
         app.state.chatlane = AppState(
-            settings=settings,
-            redis=client,
-            scripts=Scripts.register(client),
-            nudger=Nudger(producer, settings.queue),
+            settings=settings, redis=client, scripts=Scripts.register(client), nudger=nudger
         )
         try:
             yield
         finally:
-            producer.close()
+            nudger.close()
+            if broker is not None and broker is not client:
+                await broker.aclose()
             await client.aclose()
 
     app = FastAPI(

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from typing import Any
+
 from api.deps import AppState
 from shared.errors import TurnNotFound
 from shared.events import wait_for_final
 from shared.keys import SessionKeys
+from shared.mailbox import Accepted
 from shared.schemas import Turn
 
 TURN_ID_PATTERN = r"^turn_[0-9a-f]{24}$"
@@ -16,6 +20,37 @@ async def read_turn(state: AppState, keys: SessionKeys, turn_id: str) -> Turn:
     if not record:
         raise TurnNotFound(f"No turn {turn_id} in session {keys.session}.")
     return Turn.from_record(record)
+
+
+def fresh_turn(
+    keys: SessionKeys, accepted: Accepted, kind: str, input_doc: dict[str, Any] | None
+) -> Turn:
+    """The record ``accept.lua`` just wrote, rebuilt without reading it back."""
+    assert accepted.seq is not None
+    return Turn(
+        id=accepted.turn_id,
+        session_id=keys.session,
+        kind=kind,  # type: ignore[arg-type]
+        seq=accepted.seq,
+        status="queued",
+        attempt=0,
+        input=input_doc,
+        created_at=datetime.fromtimestamp(accepted.created_ms / 1000, tz=UTC),
+    )
+
+
+async def accepted_turn(
+    state: AppState,
+    keys: SessionKeys,
+    accepted: Accepted,
+    kind: str,
+    input_doc: dict[str, Any] | None,
+    wait_s: float,
+) -> Turn:
+    """The turn as the accepting request answers it, after waiting if asked to."""
+    if accepted.replayed or wait_s > 0:
+        return await read_turn_waiting(state, keys, accepted.turn_id, wait_s)
+    return fresh_turn(keys, accepted, kind, input_doc)
 
 
 async def read_turn_waiting(

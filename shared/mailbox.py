@@ -34,6 +34,7 @@ class Accepted:
     seq: int | None
     replayed: bool
     needs_nudge: bool
+    created_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,12 +83,31 @@ class AcceptCall:
         """Turn the script's answer into ``Accepted`` or the matching ``AcceptRejected``."""
         verdict = reply[0]
         if verdict == "OK":
-            return Accepted(str(reply[1]), int(reply[2]), replayed=False, needs_nudge=not reply[3])
+            return Accepted(
+                str(reply[1]), int(reply[2]), replayed=False, needs_nudge=not reply[3],
+                created_ms=int(self.args[3]),
+            )
         if verdict == "REPLAY":
             return Accepted(str(reply[1]), None, replayed=True, needs_nudge=False)
         if verdict == "CONFLICT":
             raise IdempotencyConflict(str(reply[1]))
         raise MailboxFull(f"{reply[1]} turns are already pending in this session")
+
+
+def accept(
+    scripts: Any,
+    settings: Settings,
+    keys: SessionKeys,
+    *,
+    kind: str = "message",
+    input_doc: dict[str, Any] | None = None,
+    idempotency_key: str | None = None,
+) -> Accepted:
+    """Synchronous accept (tools, tests, benchmarks); the API pipelines the same call."""
+    call = AcceptCall.build(
+        settings, keys, kind=kind, input_doc=input_doc, idempotency_key=idempotency_key
+    )
+    return call.parse(scripts.accept(keys=call.keys, args=call.args))
 
 
 @dataclass(frozen=True, slots=True)

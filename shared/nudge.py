@@ -2,15 +2,29 @@
 
 The message carries only tenant and session ids and is sent by task name, so the API
 never imports the worker. Losing or duplicating one is harmless by design.
+
+On a Redis broker the API pushes the Celery (protocol 2) message itself with its own
+asyncio client: kombu's publisher is synchronous and builds a new Redis client per
+publish, which was most of the API's CPU per accepted turn. Any other broker (AMQP)
+goes through Celery's own ``send_task``.
 """
 
 from __future__ import annotations
 
+import base64
+import json
+import os
+import socket
+import uuid
+from typing import Any
+
+from anyio import to_thread
 from celery import Celery
 
 from shared.settings import Settings
 
 DRAIN_TASK = "chatlane.drain"
+_ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
 
 
 def producer_app(settings: Settings) -> Celery:
@@ -28,16 +42,81 @@ def producer_app(settings: Settings) -> Celery:
     return app
 
 
+def is_redis_broker(url: str) -> bool:
+    return url.startswith(("redis://", "rediss://", "unix://"))
+
+
+def drain_message(queue: str, tenant: str, session: str) -> str:
+    """The kombu-on-Redis envelope of a Celery protocol-2 ``chatlane.drain`` message."""
+    task_id = str(uuid.uuid4())
+    body = json.dumps(
+        [[tenant, session], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
+    )
+    return json.dumps({
+        "body": base64.b64encode(body.encode()).decode(),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {
+            "lang": "py", "task": DRAIN_TASK, "id": task_id, "shadow": None, "eta": None,
+            "expires": None, "group": None, "group_index": None, "retries": 0,
+            "timelimit": [None, None], "root_id": task_id, "parent_id": None,
+            "argsrepr": repr([tenant, session]), "kwargsrepr": "{}", "origin": _ORIGIN,
+            "ignore_result": True, "replaced_task_nesting": 0, "stamped_headers": None,
+            "stamps": {},
+        },
+        "properties": {
+            "correlation_id": task_id,
+            "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": queue},
+            "priority": 0,
+            "body_encoding": "base64",
+            "delivery_tag": str(uuid.uuid4()),
+        },
+    })
+
+
+class AsyncNudger:
+    """The API's wake-up sender: a direct ``LPUSH`` on a Redis broker, else ``send_task``."""
+
+    def __init__(self, settings: Settings, broker_client: Any | None) -> None:
+        self._queue = settings.queue
+        self._client = broker_client
+        self._celery = None if broker_client is not None else producer_app(settings)
+
+    async def nudge(self, tenant: str, session: str) -> None:
+        if self._client is not None:
+            await self._client.lpush(self._queue, drain_message(self._queue, tenant, session))
+            return
+        assert self._celery is not None
+        await to_thread.run_sync(self._send, tenant, session)
+
+    def _send(self, tenant: str, session: str) -> None:
+        assert self._celery is not None
+        self._celery.send_task(DRAIN_TASK, args=[tenant, session], queue=self._queue)
+
+    async def check(self) -> None:
+        """Raise unless the broker answers (readiness)."""
+        if self._client is not None:
+            await self._client.ping()
+            return
+        await to_thread.run_sync(self._check_celery)
+
+    def _check_celery(self) -> None:
+        assert self._celery is not None
+        with self._celery.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+
+    def close(self) -> None:
+        if self._celery is not None:
+            self._celery.close()
+
+
 class Nudger:
+    """Synchronous wake-ups through a Celery app (the workers' sweeper uses this)."""
+
     def __init__(self, app: Celery, queue: str) -> None:
         self._app = app
         self._queue = queue
 
     def nudge(self, tenant: str, session: str) -> None:
-        """Publish one drain request; blocking (kombu is synchronous)."""
         self._app.send_task(DRAIN_TASK, args=[tenant, session], queue=self._queue)
-
-    def check(self) -> None:
-        """Raise unless the broker accepts a connection (readiness)."""
-        with self._app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=2)

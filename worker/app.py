@@ -37,7 +37,6 @@ def create_celery(settings: Settings) -> Celery:
         worker_pool="threads",
         worker_concurrency=concurrency,
         worker_cancel_long_running_tasks_on_connection_loss=True,
-        worker_hijack_root_logger=False,
         # With acks_late every in-flight task acks over the pool: size it to the concurrency.
         broker_pool_limit=concurrency + 8,
         broker_connection_retry_on_startup=True,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-from anyio import to_thread
 from fastapi import APIRouter, Response
 
 from api.deps import State
@@ -29,7 +28,7 @@ async def readyz(state: State) -> dict[str, str] | Response:
     except Exception as exc:
         checks["redis"] = f"unreachable: {type(exc).__name__}"
     try:
-        await asyncio.wait_for(to_thread.run_sync(state.nudger.check), timeout=3)
+        await asyncio.wait_for(state.nudger.check(), timeout=3)
         checks["broker"] = "ok"
     except Exception as exc:
         checks["broker"] = f"unreachable: {type(exc).__name__}"

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Response
 
 from api.deps import SessionId, State, session_keys
 from api.enqueue import accept
-from api.turns import read_turn_waiting
+from api.turns import accepted_turn
 from shared.schemas import Message, MessagesPage, Turn
 
 router = APIRouter(prefix="/v1/sessions/{session_id}", tags=["sessions"])
@@ -51,7 +51,7 @@ async def delete_session(
     """
     keys = session_keys(state, session_id)
     accepted = await accept(state, keys, kind="clear", input_doc=None, idempotency_key=None)
-    turn = await read_turn_waiting(state, keys, accepted.turn_id, wait)
+    turn = await accepted_turn(state, keys, accepted, "clear", None, wait)
     response.headers["Location"] = f"/v1/sessions/{session_id}/turns/{turn.id}"
     if turn.is_terminal and wait > 0:
         response.status_code = 200

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from api.deps import SessionId, State, session_keys
 from api.enqueue import accept
 from api.problems import problem
-from api.turns import TURN_ID_PATTERN, read_turn, read_turn_waiting
+from api.turns import TURN_ID_PATTERN, accepted_turn, read_turn_waiting
 from shared.schemas import Turn, TurnIn
 
 router = APIRouter(prefix="/v1/sessions/{session_id}/turns", tags=["turns"])
@@ -64,11 +64,11 @@ async def create_turn(
             kind="message-too-long",
         )
     keys = session_keys(state, session_id)
+    input_doc = {"content": body.content}
     accepted = await accept(
-        state, keys, kind="message", input_doc={"content": body.content},
-        idempotency_key=idempotency_key,
+        state, keys, kind="message", input_doc=input_doc, idempotency_key=idempotency_key
     )
-    turn = await read_turn_waiting(state, keys, accepted.turn_id, wait)
+    turn = await accepted_turn(state, keys, accepted, "message", input_doc, wait)
     response.headers["Location"] = f"/v1/sessions/{session_id}/turns/{turn.id}"
     if accepted.replayed:
         response.headers["Idempotent-Replayed"] = "true"

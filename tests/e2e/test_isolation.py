@@ -1,0 +1,122 @@
+"""The incident, reproduced and defeated: many concurrent users through the HTTP API,
+real Celery worker processes, and ``ChatOpenAI`` talking to a loopback model server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import redis
+
+from shared.keys import SessionKeys
+from tests.support.checker import Observation, check, message_for
+from tests.support.cluster import Cluster
+from tests.support.openai_server import ModelServer
+
+CLIENTS = 100
+TURNS = 5
+
+
+async def _post(http: httpx.AsyncClient, session: str, content: str) -> dict[str, object]:
+    response = await http.post(f"/v1/sessions/{session}/turns", json={"content": content})
+    assert response.status_code == 202, response.text
+    assert response.headers["location"].endswith(response.json()["id"])
+    body: dict[str, object] = response.json()
+    return body
+
+
+async def _finish(http: httpx.AsyncClient, session: str, turn_id: str) -> str:
+    for _ in range(12):
+        response = await http.get(f"/v1/sessions/{session}/turns/{turn_id}", params={"wait": 10})
+        assert response.status_code == 200, response.text
+        status: str = response.json()["status"]
+        if status in {"completed", "failed", "cancelled"}:
+            return status
+    return "stranded"
+
+
+def _histories(cluster: Cluster, sessions: list[str]) -> dict[str, list[tuple[str, str]]]:
+    settings = cluster.settings
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    try:
+        out = {}
+        for session in sessions:
+            keys = SessionKeys(settings.key_prefix, settings.default_tenant, session)
+            docs = [json.loads(d) for d in client.lrange(keys.history, 0, -1)]
+            out[session] = [(d["type"], d["data"]["content"]) for d in docs]
+        return out
+    finally:
+        client.close()
+
+
+def _prompts_of(server: ModelServer, sessions: set[str]) -> list[list[dict[str, str]]]:
+    from tests.support.checker import conversation_of
+
+    return [p.messages for p in server.state.prompts if conversation_of(p.messages) in sessions]
+
+
+def test_a_hundred_concurrent_users_each_see_only_their_own_conversation(
+    cluster: Cluster, model_server: ModelServer
+) -> None:
+    sessions = [f"user-{i:03d}" for i in range(CLIENTS)]
+    sent: dict[str, list[str]] = {s: [] for s in sessions}
+    statuses: dict[str, str] = {}
+
+    async def one_user(http: httpx.AsyncClient, session: str) -> None:
+        turn_ids = []
+        for n in range(TURNS):
+            content = message_for(session, n)
+            turn = await _post(http, session, content)
+            assert turn["seq"] == n + 1  # acceptance order is this client's sending order
+            sent[session].append(content)
+            turn_ids.append(str(turn["id"]))
+        for turn_id in turn_ids:
+            statuses[turn_id] = await _finish(http, session, turn_id)
+
+    async def everyone() -> None:
+        limits = httpx.Limits(max_connections=CLIENTS * 2)
+        async with httpx.AsyncClient(base_url=cluster.base_url, timeout=60, limits=limits) as http:
+            await asyncio.gather(*(one_user(http, s) for s in sessions))
+
+    asyncio.run(everyone())
+
+    observation = Observation(
+        sent=sent,
+        prompts=_prompts_of(model_server, set(sessions)),
+        histories=_histories(cluster, sessions),
+        statuses=statuses,
+        window=cluster.settings.history_window,
+    )
+    assert len(observation.prompts) == CLIENTS * TURNS  # one model call per turn, no more
+    assert check(observation) == []
+
+
+def test_twenty_concurrent_turns_in_one_session_commit_in_acceptance_order_one_at_a_time(
+    cluster: Cluster, model_server: ModelServer
+) -> None:
+    session = "crowded-session"
+    contents = [message_for(session, n) for n in range(20)]
+
+    async def burst() -> list[dict[str, object]]:
+        async with httpx.AsyncClient(base_url=cluster.base_url, timeout=60) as http:
+            accepted = await asyncio.gather(*(_post(http, session, c) for c in contents))
+            for turn in accepted:
+                assert await _finish(http, session, str(turn["id"])) == "completed"
+            return list(accepted)
+
+    accepted = asyncio.run(burst())
+    in_acceptance_order = [
+        str(t["input"]["content"])  # type: ignore[index]
+        for t in sorted(accepted, key=lambda t: int(t["seq"]))  # type: ignore[arg-type]
+    ]
+    assert sorted(int(t["seq"]) for t in accepted) == list(range(1, 21))  # type: ignore[arg-type]
+
+    observation = Observation(
+        sent={session: in_acceptance_order},
+        prompts=_prompts_of(model_server, {session}),
+        histories=_histories(cluster, [session]),
+        window=cluster.settings.history_window,
+    )
+    assert check(observation) == []
+    assert model_server.state.max_in_flight[session] == 1

@@ -1,0 +1,131 @@
+"""Real processes: an API (uvicorn) and Celery workers, started and stopped by pid."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from shared.redis_server import free_port
+from shared.settings import Settings
+
+_ALIASES = {"openai_api_key": "OPENAI_API_KEY", "openai_base_url": "OPENAI_BASE_URL"}
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a child process read exactly these settings."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump(mode="json").items():
+        if value is None:
+            continue
+        if name == "openai_api_key":
+            value = settings.openai_api_key.get_secret_value() if settings.openai_api_key else ""
+        env[_ALIASES.get(name, f"CHATLANE_{name.upper()}")] = str(value)
+    return env
+
+
+class Cluster:
+    """``workers`` Celery worker processes and one API process on a free port."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        logs: Path,
+        *,
+        workers: int = 3,
+        concurrency: int = 16,
+        api: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.logs = logs
+        self.workers = workers
+        self.concurrency = concurrency
+        self.with_api = api
+        self.port = free_port()
+        self.api: subprocess.Popen[bytes] | None = None
+        self.worker_procs: list[subprocess.Popen[bytes]] = []
+        self._env = {
+            **os.environ,
+            **settings_env(settings),
+            "CHATLANE_WORKER_CONCURRENCY": str(concurrency),
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start_worker(self, name: str) -> subprocess.Popen[bytes]:
+        with (self.logs / f"{name}.log").open("wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "worker.app", "worker",
+                 "-n", f"{name}@%h", "-l", "info", "--without-gossip", "--without-mingle"],
+                cwd=ROOT, env=self._env, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        self.worker_procs.append(proc)
+        self._wait_for_log(self.logs / f"{name}.log", b" ready.", proc)
+        return proc
+
+    def __enter__(self) -> Cluster:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        try:
+            for i in range(self.workers):
+                self.start_worker(f"w{i + 1}")
+            if self.with_api:
+                with (self.logs / "api.log").open("wb") as log:
+                    self.api = subprocess.Popen(
+                        [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1",
+                         "--port", str(self.port), "--no-access-log", "--log-level", "warning"],
+                        cwd=ROOT, env=self._env, stdout=log, stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                    )
+                self._wait_for_api()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        procs = [*self.worker_procs, *([self.api] if self.api else [])]
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def _wait_for_log(self, path: Path, marker: bytes, proc: subprocess.Popen[bytes]) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if marker in path.read_bytes():
+                return
+            if proc.poll() is not None:
+                raise RuntimeError(f"{path.name} exited early:\n{path.read_text()[-3000:]}")
+            time.sleep(0.1)
+        raise TimeoutError(f"{path.name} never became ready:\n{path.read_text()[-3000:]}")
+
+    def _wait_for_api(self) -> None:
+        assert self.api is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.api.poll() is not None:
+                raise RuntimeError((self.logs / "api.log").read_text()[-3000:])
+            try:
+                if httpx.get(f"{self.base_url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError("the API never became ready")
