@@ -11,7 +11,7 @@ def sync_client(url: str, *, max_connections: int = 64) -> redis.Redis:
     pool = redis.BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=30, decode_responses=True
     )
-    return redis.Redis(connection_pool=pool)
+    return redis.Redis.from_pool(pool)
 
 
 def async_client(url: str, *, max_connections: int = 4096) -> aioredis.Redis:
@@ -19,7 +19,7 @@ def async_client(url: str, *, max_connections: int = 4096) -> aioredis.Redis:
     pool = aioredis.BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=30, decode_responses=True
     )
-    return aioredis.Redis(connection_pool=pool)
+    return aioredis.Redis.from_pool(pool)
 
 
 def answers(url: str, *, timeout_s: float = 0.5) -> bool:

@@ -1,0 +1,91 @@
+"""Raw Celery: the baseline that chatlane's numbers are compared with, in the same run.
+
+The app is configured like chatlane's worker (``worker.app.create_celery``): same broker
+(read from the same ``CHATLANE_*`` settings), threads pool, concurrency, ``acks_late``,
+prefetch multiplier 1, JSON, no task events. Only the tasks differ: they do nothing (or
+sleep), so the difference to chatlane is chatlane's own work per turn. ``worker.app`` is
+not imported: its ``worker_ready`` handler would start chatlane's sweeper in this worker.
+
+Run by ``BaselineCluster`` as ``celery -A benchmarks.celery_baseline worker``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from celery import Celery
+
+from shared.nudge import drain_message
+from shared.settings import Settings
+
+NOOP = "bench.noop"
+PING = "bench.ping"
+SLEEP = "bench.sleep"
+
+
+def create_baseline(settings: Settings) -> Celery:
+    """The baseline app; its result backend (used only by ``bench.ping``) is the data Redis."""
+    concurrency = settings.worker_concurrency
+    app = Celery(
+        "chatlane-baseline",
+        broker=settings.effective_broker_url,
+        backend=settings.redis_url,
+        set_as_current=False,
+    )
+    app.conf.update(
+        task_default_queue=settings.queue,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_ignore_result=True,
+        worker_prefetch_multiplier=1,
+        worker_pool="threads",
+        worker_concurrency=concurrency,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        broker_pool_limit=concurrency + 8,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        worker_send_task_events=False,
+        task_send_sent_event=False,
+    )
+
+    @app.task(name=NOOP, ignore_result=True, shared=False)
+    def noop(*args: Any) -> None:
+        """Does nothing; the message is acknowledged when it returns (``acks_late``)."""
+
+    @app.task(name=PING, ignore_result=False, shared=False)
+    def ping() -> str:
+        """Stores ``"pong"`` in the result backend, for ``.delay().get()`` round trips."""
+        return "pong"
+
+    @app.task(name=SLEEP, ignore_result=True, shared=False)
+    def sleep(seconds: float, *args: Any) -> None:
+        """Holds a pool thread for ``seconds``, like a slow model call."""
+        time.sleep(seconds)
+
+    return app
+
+
+def task_message(queue: str, task: str, args: Sequence[Any]) -> str:
+    """A Redis-broker envelope for ``task(*args)``, shaped exactly like chatlane's wake-ups.
+
+    Built from ``shared.nudge.drain_message`` (what the API ``LPUSH``es) with the task name
+    and arguments swapped, so the baseline worker decodes the same kind of message.
+    """
+    envelope = json.loads(drain_message(queue, "-", "-"))
+    body = json.loads(base64.b64decode(envelope["body"]))
+    body[0] = list(args)
+    envelope["body"] = base64.b64encode(json.dumps(body).encode()).decode()
+    envelope["headers"]["task"] = task
+    envelope["headers"]["argsrepr"] = repr(list(args))
+    envelope["headers"]["ignore_result"] = task != PING
+    return json.dumps(envelope)
+
+
+app = create_baseline(Settings())
