@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import redis.exceptions
@@ -25,7 +26,7 @@ def problem(
     detail: str | None = None,
     *,
     kind: str | None = None,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
     **extensions: Any,
 ) -> JSONResponse:
     body: dict[str, Any] = {
@@ -46,10 +47,20 @@ def _validation(request: Request, exc: Exception) -> JSONResponse:
         for e in exc.errors()
     ]
     if any(e["type"] == "json_invalid" for e in errors):
-        return problem(400, "Malformed JSON", "The request body is not valid JSON.",
-                       kind="malformed-json", errors=errors)
-    return problem(422, "Invalid request", "The request did not pass validation.",
-                   kind="invalid-request", errors=errors)
+        return problem(
+            400,
+            "Malformed JSON",
+            "The request body is not valid JSON.",
+            kind="malformed-json",
+            errors=errors,
+        )
+    return problem(
+        422,
+        "Invalid request",
+        "The request did not pass validation.",
+        kind="invalid-request",
+        errors=errors,
+    )
 
 
 def _http(request: Request, exc: Exception) -> JSONResponse:
@@ -74,14 +85,20 @@ def _conflict(request: Request, exc: Exception) -> JSONResponse:
 
 
 def _full(request: Request, exc: Exception) -> JSONResponse:
-    return problem(429, "Too many pending turns", str(exc), kind="mailbox-full",
-                   headers={"Retry-After": "1"})
+    return problem(
+        429, "Too many pending turns", str(exc), kind="mailbox-full", headers={"Retry-After": "1"}
+    )
 
 
 def _unavailable(request: Request, exc: Exception) -> JSONResponse:
     log.warning("backing store unavailable: %s", exc)
-    return problem(503, "Service unavailable", "The session store is unreachable; retry.",
-                   kind="store-unavailable", headers={"Retry-After": "1"})
+    return problem(
+        503,
+        "Service unavailable",
+        "The session store is unreachable; retry.",
+        kind="store-unavailable",
+        headers={"Retry-After": "1"},
+    )
 
 
 def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -30,7 +30,7 @@ def fresh_turn(
     return Turn(
         id=accepted.turn_id,
         session_id=keys.session,
-        kind=kind,  # type: ignore[arg-type]
+        kind=kind,
         seq=accepted.seq,
         status="queued",
         attempt=0,

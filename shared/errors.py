@@ -1,16 +1,16 @@
 """The exception tree of chatlane.
 
-    ChatlaneError
-    ├── SessionBusy            another worker holds the session lock (not an error for drain)
-    ├── LockLost               this worker held the lock and lost it (lease expired or stolen)
-    ├── CommitRejected         the commit script wrote nothing; ``.reason`` says why
-    ├── TurnNotFound           no such turn in this session (expired or never accepted)
-    ├── AcceptRejected
-    │   ├── IdempotencyConflict  the key was used before with a different request
-    │   └── MailboxFull          too many pending turns in the session
-    └── ModelError
-        ├── TransientModelError  worth retrying: 429, 5xx, timeout, dropped connection
-        └── ModelGaveUp          retries or the turn deadline are exhausted
+ChatlaneError
+├── SessionBusy            another worker holds the session lock (not an error for drain)
+├── LockLost               this worker held the lock and lost it (lease expired or stolen)
+├── CommitRejected         the commit script wrote nothing; ``.reason`` says why
+├── TurnNotFound           no such turn in this session (expired or never accepted)
+├── AcceptRejected
+│   ├── IdempotencyConflict  the key was used before with a different request
+│   └── MailboxFull          too many pending turns in the session
+└── ModelError
+    ├── TransientModelError  worth retrying: 429, 5xx, timeout, dropped connection
+    └── ModelGaveUp          retries or the turn deadline are exhausted
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +59,7 @@ class LeaseKeeper:
         self._guard = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._last_renewal = time.monotonic()
 
     def hold(self, keys: SessionKeys, token: str) -> Lease:
         lease = Lease(keys, token)
@@ -82,15 +84,22 @@ class LeaseKeeper:
         with self._guard:
             leases = list(self._leases)
         if not leases:
+            self._last_renewal = time.monotonic()
             return
         pipe = self._client.pipeline(transaction=False)
         for lease in leases:
-            self._scripts.extend(keys=[lease.keys.lock], args=[lease.token, self._ttl_ms], client=pipe)
+            self._scripts.extend(
+                keys=[lease.keys.lock], args=[lease.token, self._ttl_ms], client=pipe
+            )
         try:
             results = pipe.execute()
         except Exception:  # a Redis outage must not kill the heartbeat thread
             log.warning("lease renewal failed; retrying next beat", exc_info=True)
+            if time.monotonic() - self._last_renewal > self._ttl_ms / 1000:
+                for lease in leases:  # unrenewed for a whole lease: assume it is gone
+                    lease.lost.set()
             return
+        self._last_renewal = time.monotonic()
         for lease, renewed in zip(leases, results, strict=True):
             if not renewed:
                 lease.lost.set()

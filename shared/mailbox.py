@@ -84,7 +84,10 @@ class AcceptCall:
         verdict = reply[0]
         if verdict == "OK":
             return Accepted(
-                str(reply[1]), int(reply[2]), replayed=False, needs_nudge=not reply[3],
+                str(reply[1]),
+                int(reply[2]),
+                replayed=False,
+                needs_nudge=not reply[3],
                 created_ms=int(self.args[3]),
             )
         if verdict == "REPLAY":

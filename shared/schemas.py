@@ -58,9 +58,9 @@ class Turn(BaseModel):
         return cls(
             id=record["id"],
             session_id=record["session_id"],
-            kind=record["kind"],  # type: ignore[arg-type]
+            kind=record["kind"],
             seq=int(record["seq"]),
-            status=record["status"],  # type: ignore[arg-type]
+            status=record["status"],
             attempt=int(record.get("attempt", 0)),
             input=json.loads(record["input"]) if record.get("input") else None,
             output=TurnOutput.model_validate_json(record["output"]) if "output" in record else None,

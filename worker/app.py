@@ -24,7 +24,6 @@ from worker.sweeper import Sweeper
 from worker.turn import TurnDeps
 
 
-
 def create_celery(settings: Settings) -> Celery:
     app = Celery("chatlane", broker=settings.effective_broker_url, set_as_current=False)
     concurrency = settings.worker_concurrency

@@ -6,7 +6,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from email.utils import parsedate_to_datetime
 
 import httpx
@@ -41,7 +41,7 @@ def build_model(settings: Settings) -> BaseChatModel:
     )
 
 
-def _retry_after_s(headers: httpx.Headers | None) -> float | None:
+def _retry_after_s(headers: Mapping[str, str] | None) -> float | None:
     value = headers.get("retry-after") if headers is not None else None
     if not value:
         return None
@@ -121,7 +121,9 @@ def call_model(
             if pause is None:
                 pause = settings.retry_backoff_s * (2**retries) * (0.5 + random.random())
             if time.monotonic() + pause > deadline:
-                raise ModelGaveUp("deadline_exceeded", f"{transient}; no time left to retry") from exc
+                raise ModelGaveUp(
+                    "deadline_exceeded", f"{transient}; no time left to retry"
+                ) from exc
             log.info("model call failed (%s); retry %d in %.2fs", transient, retries + 1, pause)
             retries += 1
             time.sleep(pause)

@@ -34,5 +34,6 @@ async def readyz(state: State) -> dict[str, str] | Response:
         checks["broker"] = f"unreachable: {type(exc).__name__}"
     if all(v == "ok" for v in checks.values()):
         return {"status": "ready", **checks}
-    return problem(503, "Not ready", "A dependency is unreachable.", kind="not-ready",
-                   checks=checks)
+    return problem(
+        503, "Not ready", "A dependency is unreachable.", kind="not-ready", checks=checks
+    )

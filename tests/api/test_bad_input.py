@@ -123,9 +123,13 @@ def test_wait_out_of_range_is_a_422_problem(api: TestClient) -> None:
 def test_reusing_an_idempotency_key_with_another_body_is_a_422_problem(
     api: TestClient, client: redis.Redis, settings: Settings
 ) -> None:
-    first = api.post("/v1/sessions/s1/turns", json={"content": "a"}, headers={"Idempotency-Key": "k1"})
+    first = api.post(
+        "/v1/sessions/s1/turns", json={"content": "a"}, headers={"Idempotency-Key": "k1"}
+    )
     assert first.status_code == 202
-    replay = api.post("/v1/sessions/s1/turns", json={"content": "a"}, headers={"Idempotency-Key": "k1"})
+    replay = api.post(
+        "/v1/sessions/s1/turns", json={"content": "a"}, headers={"Idempotency-Key": "k1"}
+    )
     assert replay.status_code == 202
     assert replay.json()["id"] == first.json()["id"]
     assert replay.headers["idempotent-replayed"] == "true"

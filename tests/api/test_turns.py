@@ -54,7 +54,10 @@ def test_messages_are_paginated_oldest_first(
     keys = SessionKeys(settings.key_prefix, settings.default_tenant, "paged")
     import json
 
-    docs = [json.dumps({"type": "human", "data": {"type": "human", "content": str(i)}}) for i in range(5)]
+    docs = [
+        json.dumps({"type": "human", "data": {"type": "human", "content": str(i)}})
+        for i in range(5)
+    ]
     client.rpush(keys.history, *docs)
     page = api.get("/v1/sessions/paged/messages?offset=1&limit=2").json()
     assert [m["data"]["content"] for m in page["data"]] == ["1", "2"]

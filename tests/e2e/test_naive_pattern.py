@@ -29,8 +29,10 @@ def model_server() -> Iterator[ModelServer]:
 
 def _load(run_turn: Callable[[str, str], None]) -> dict[str, list[str]]:
     """Every user's turns at once, as concurrent HTTP handlers would run them."""
-    sent = {f"user-{i:03d}": [message_for(f"user-{i:03d}", n) for n in range(TURNS)]
-            for i in range(USERS)}
+    sent = {
+        f"user-{i:03d}": [message_for(f"user-{i:03d}", n) for n in range(TURNS)]
+        for i in range(USERS)
+    }
     with ThreadPoolExecutor(max_workers=USERS) as pool:
         futures = [pool.submit(run_turn, s, m) for s, msgs in sent.items() for m in msgs]
         for future in futures:
@@ -61,11 +63,13 @@ def test_one_shared_langchain_memory_mixes_users_up(model_server: ModelServer) -
 
     sent = _load(lambda s, m: chain.invoke({"q": m}, {"configurable": {"session_id": s}}))
 
-    problems = check(Observation(
-        sent=sent,
-        prompts=[p.messages for p in model_server.state.prompts],
-        histories={s: _roles(memory.messages) for s in sent},
-    ))
+    problems = check(
+        Observation(
+            sent=sent,
+            prompts=[p.messages for p in model_server.state.prompts],
+            histories={s: _roles(memory.messages) for s in sent},
+        )
+    )
     assert any("holds messages of" in p for p in problems)
     assert any("foreign messages" in p for p in problems)
 
@@ -81,10 +85,12 @@ def test_unsynchronized_per_session_memory_loses_writes(model_server: ModelServe
 
     sent = _load(run_turn)
 
-    problems = check(Observation(
-        sent=sent,
-        prompts=[p.messages for p in model_server.state.prompts],
-        histories={s: _roles(store.get(s, [])) for s in sent},
-    ))
+    problems = check(
+        Observation(
+            sent=sent,
+            prompts=[p.messages for p in model_server.state.prompts],
+            histories={s: _roles(store.get(s, [])) for s in sent},
+        )
+    )
     assert any(" lost," in p for p in problems)
     assert not any("holds messages of" in p for p in problems)  # per-session, so no mix-ups

@@ -20,8 +20,9 @@ from shared.settings import Settings
 def test_runnable_with_message_history_reads_and_appends_per_session(
     client: redis.Redis, settings: Settings
 ) -> None:
-    model = GenericFakeChatModel(messages=iter([AIMessage("hi Ann"), AIMessage("hi Bob"),
-                                                AIMessage("you are Ann")]))
+    model = GenericFakeChatModel(
+        messages=iter([AIMessage("hi Ann"), AIMessage("hi Bob"), AIMessage("you are Ann")])
+    )
     prompt = ChatPromptTemplate.from_messages(
         [MessagesPlaceholder("history"), ("human", "{question}")]
     )

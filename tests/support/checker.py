@@ -59,8 +59,10 @@ def check(obs: Observation) -> list[str]:
         k = sent.index(users[-1])
         expected = sent[max(0, k - obs.window // 2) : k + 1]
         if users != expected:
-            problems.append(f"prompt {i} for {session}: context {len(users) - 1} earlier "
-                            f"messages, not the {len(expected) - 1} accepted before it")
+            problems.append(
+                f"prompt {i} for {session}: context {len(users) - 1} earlier "
+                f"messages, not the {len(expected) - 1} accepted before it"
+            )
 
     for session, sent in obs.sent.items():
         history = obs.histories.get(session, [])
@@ -74,8 +76,10 @@ def check(obs: Observation) -> list[str]:
                 lost = len(set(sent) - set(users))
                 duplicated = len(users) - len(set(users))
                 ordered = users == sorted(users, key=sent.index)
-                problems.append(f"history of {session}: {lost} lost, {duplicated} duplicated, "
-                                f"order {'kept' if ordered else 'broken'}")
+                problems.append(
+                    f"history of {session}: {lost} lost, {duplicated} duplicated, "
+                    f"order {'kept' if ordered else 'broken'}"
+                )
         elif roles != ["human", "ai"] * len(sent):
             problems.append(f"history of {session}: replies are not paired with their messages")
 

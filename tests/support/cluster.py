@@ -65,9 +65,24 @@ class Cluster:
     def start_worker(self, name: str) -> subprocess.Popen[bytes]:
         with (self.logs / f"{name}.log").open("wb") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "worker.app", "worker",
-                 "-n", f"{name}@%h", "-l", "info", "--without-gossip", "--without-mingle"],
-                cwd=ROOT, env=self._env, stdout=log, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "worker.app",
+                    "worker",
+                    "-n",
+                    f"{name}@%h",
+                    "-l",
+                    "info",
+                    "--without-gossip",
+                    "--without-mingle",
+                ],
+                cwd=ROOT,
+                env=self._env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
         self.worker_procs.append(proc)
@@ -82,9 +97,23 @@ class Cluster:
             if self.with_api:
                 with (self.logs / "api.log").open("wb") as log:
                     self.api = subprocess.Popen(
-                        [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1",
-                         "--port", str(self.port), "--no-access-log", "--log-level", "warning"],
-                        cwd=ROOT, env=self._env, stdout=log, stderr=subprocess.STDOUT,
+                        [
+                            sys.executable,
+                            "-m",
+                            "uvicorn",
+                            "api.main:app",
+                            "--host",
+                            "127.0.0.1",
+                            "--port",
+                            str(self.port),
+                            "--no-access-log",
+                            "--log-level",
+                            "warning",
+                        ],
+                        cwd=ROOT,
+                        env=self._env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
                         stdin=subprocess.DEVNULL,
                     )
                 self._wait_for_api()

@@ -57,8 +57,11 @@ class _Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers.get("content-length", "0"))))
         behaviour = state.next_behaviour()
         if behaviour[0] == "status":
-            self._send_json(int(behaviour[1]), {"error": {"message": "scripted failure"}},
-                            {"retry-after": behaviour[2]} if len(behaviour) > 2 else {})
+            self._send_json(
+                int(behaviour[1]),
+                {"error": {"message": "scripted failure"}},
+                {"retry-after": behaviour[2]} if len(behaviour) > 2 else {},
+            )
             return
         if behaviour[0] == "hang":
             state.closing.wait(120)
@@ -103,7 +106,9 @@ class _Handler(BaseHTTPRequestHandler):
         words = text.split(" ")
         for i, word in enumerate(words):
             piece = word if i == len(words) - 1 else word + " "
-            self._event(_chunk(model, {"content": piece, **({"role": "assistant"} if i == 0 else {})}))
+            self._event(
+                _chunk(model, {"content": piece, **({"role": "assistant"} if i == 0 else {})})
+            )
         self._event(_chunk(model, {}, finish="stop"))
         self.wfile.write(b"data: [DONE]\n\n")
         self.wfile.flush()

@@ -46,8 +46,11 @@ def _queue(scripts: Scripts, settings: Settings, keys: SessionKeys, *texts: str)
 
 
 def test_a_429_with_retry_after_is_retried_after_the_pause_then_succeeds(
-    client: redis.Redis, scripts: Scripts, make_deps: DepsFactory,
-    openai_settings: Settings, model_server: ModelServer,
+    client: redis.Redis,
+    scripts: Scripts,
+    make_deps: DepsFactory,
+    openai_settings: Settings,
+    model_server: ModelServer,
 ) -> None:
     keys = SessionKeys(openai_settings.key_prefix, "default", "rate-limited")
     [turn_id] = _queue(scripts, openai_settings, keys, "hello")
@@ -64,8 +67,11 @@ def test_a_429_with_retry_after_is_retried_after_the_pause_then_succeeds(
 
 
 def test_a_persistently_failing_model_fails_the_turn_and_the_next_turn_proceeds(
-    client: redis.Redis, scripts: Scripts, make_deps: DepsFactory,
-    openai_settings: Settings, model_server: ModelServer,
+    client: redis.Redis,
+    scripts: Scripts,
+    make_deps: DepsFactory,
+    openai_settings: Settings,
+    model_server: ModelServer,
 ) -> None:
     keys = SessionKeys(openai_settings.key_prefix, "default", "flaky")
     first, second = _queue(scripts, openai_settings, keys, "one", "two")
@@ -86,12 +92,18 @@ def test_a_persistently_failing_model_fails_the_turn_and_the_next_turn_proceeds(
 
 
 def test_a_hanging_model_is_cut_off_by_the_request_timeout(
-    client: redis.Redis, scripts: Scripts, make_deps: DepsFactory,
-    make_settings: Callable[..., Settings], model_server: ModelServer,
+    client: redis.Redis,
+    scripts: Scripts,
+    make_deps: DepsFactory,
+    make_settings: Callable[..., Settings],
+    model_server: ModelServer,
 ) -> None:
     settings = make_settings(
-        model="openai:loopback", openai_base_url=model_server.base_url,
-        openai_api_key="test-key", model_timeout_s=0.5, model_max_retries=1,
+        model="openai:loopback",
+        openai_base_url=model_server.base_url,
+        openai_api_key="test-key",
+        model_timeout_s=0.5,
+        model_max_retries=1,
     )
     keys = SessionKeys(settings.key_prefix, "default", "hung")
     [turn_id] = _queue(scripts, settings, keys, "anyone there?")
@@ -108,8 +120,11 @@ def test_a_hanging_model_is_cut_off_by_the_request_timeout(
 
 
 def test_a_request_the_model_refuses_fails_at_once_without_retries(
-    client: redis.Redis, scripts: Scripts, make_deps: DepsFactory,
-    openai_settings: Settings, model_server: ModelServer,
+    client: redis.Redis,
+    scripts: Scripts,
+    make_deps: DepsFactory,
+    openai_settings: Settings,
+    model_server: ModelServer,
 ) -> None:
     keys = SessionKeys(openai_settings.key_prefix, "default", "refused")
     [turn_id] = _queue(scripts, openai_settings, keys, "bad")
@@ -124,12 +139,19 @@ def test_a_request_the_model_refuses_fails_at_once_without_retries(
 
 
 def test_the_turn_deadline_fails_a_turn_whose_retries_would_overrun_it(
-    client: redis.Redis, scripts: Scripts, make_deps: DepsFactory,
-    make_settings: Callable[..., Settings], model_server: ModelServer,
+    client: redis.Redis,
+    scripts: Scripts,
+    make_deps: DepsFactory,
+    make_settings: Callable[..., Settings],
+    model_server: ModelServer,
 ) -> None:
     settings = make_settings(
-        model="openai:loopback", openai_base_url=model_server.base_url,
-        openai_api_key="test-key", model_timeout_s=1, turn_deadline_s=1, model_max_retries=5,
+        model="openai:loopback",
+        openai_base_url=model_server.base_url,
+        openai_api_key="test-key",
+        model_timeout_s=1,
+        turn_deadline_s=1,
+        model_max_retries=5,
     )
     keys = SessionKeys(settings.key_prefix, "default", "late")
     [turn_id] = _queue(scripts, settings, keys, "hi")

@@ -21,7 +21,9 @@ from tests.worker.conftest import DepsFactory
 from worker.turn import drain_session
 
 
-def _events(client: redis.Redis, keys: SessionKeys, turn_id: str) -> list[tuple[str, dict[str, Any]]]:
+def _events(
+    client: redis.Redis, keys: SessionKeys, turn_id: str
+) -> list[tuple[str, dict[str, Any]]]:
     return [(f["type"], json.loads(f["data"])) for _, f in client.xrange(keys.events(turn_id))]
 
 
@@ -71,13 +73,18 @@ class _LockThief(BaseChatModel):
     def _llm_type(self) -> str:
         return "lock-thief"
 
-    def _generate(self, messages: list[BaseMessage], stop: Any = None,
-                  run_manager: Any = None, **kwargs: Any) -> ChatResult:
+    def _generate(
+        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **kwargs: Any
+    ) -> ChatResult:
         raise NotImplementedError
 
-    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                run_manager: CallbackManagerForLLMRun | None = None,
-                **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
         yield ChatGenerationChunk(message=AIMessageChunk(content="partial "))
         self.client.set(self.lock_key, "another-worker")
         yield ChatGenerationChunk(message=AIMessageChunk(content="reply"))
@@ -126,3 +133,17 @@ def test_a_busy_session_is_left_to_its_holder(
 
     assert report.busy and report.committed == 0
     assert client.llen(keys.mailbox) == 1
+
+
+def test_the_heartbeat_keeps_the_lock_through_a_model_call_longer_than_the_lease(
+    client: redis.Redis, scripts: Scripts, make_settings: Any, make_deps: DepsFactory
+) -> None:
+    settings: Settings = make_settings(lock_ttl_s=0.6, echo_delay_s=1.5)
+    keys = SessionKeys(settings.key_prefix, "default", "slow")
+    turn_id = mailbox.accept(scripts, settings, keys, input_doc={"content": "hi"}).turn_id
+
+    report = drain_session(make_deps(settings), "default", "slow")
+
+    assert report.committed == 1 and not report.lost_lock
+    turn = Turn.from_record(client.hgetall(keys.turn(turn_id)))
+    assert turn.status == "completed" and turn.attempt == 1

@@ -1,0 +1,167 @@
+"""The ``chatlane`` command: ``up`` (everything), ``api``, ``worker``.
+
+``chatlane up`` runs the whole system on one machine: a worker, the API and, when no
+Redis answers at ``CHATLANE_REDIS_URL``, a ``redis-server`` it starts and stops itself.
+Children are started by pid and stopped by pid on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+from shared.redis import answers
+from shared.redis_server import ManagedRedis, free_port
+from shared.settings import Settings
+
+
+def _uvicorn(host: str, port: int, workers: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "api.main:app",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--no-access-log",
+    ]
+
+
+def _celery(extra: Sequence[str]) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.app",
+        "worker",
+        "-l",
+        "info",
+        "--without-gossip",
+        "--without-mingle",
+        *extra,
+    ]
+
+
+def _managed_redis_port(url: str) -> int:
+    """The port of ``url`` when it names this machine and is free, else any free port."""
+    parts = urlsplit(url)
+    if parts.hostname in {"127.0.0.1", "localhost"} and parts.port:
+        import socket
+
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", parts.port))
+                return parts.port
+            except OSError:
+                pass
+    return free_port()
+
+
+def _wait_ready(url: str, procs: list[subprocess.Popen[bytes]], timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            raise SystemExit("chatlane: a process exited during start-up (see its output above)")
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit("chatlane: the API did not become ready in time")
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def up(host: str, port: int) -> int:
+    settings = Settings()
+    env = dict(os.environ)
+    redis_server: ManagedRedis | None = None
+    if not answers(settings.redis_url):
+        redis_server = ManagedRedis(_managed_redis_port(settings.redis_url)).start()
+        env["CHATLANE_REDIS_URL"] = redis_server.url
+        print(
+            f"chatlane: no Redis answered at {settings.redis_url}; "
+            f"started redis-server on {redis_server.url}",
+            flush=True,
+        )
+    procs: list[subprocess.Popen[bytes]] = []
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        procs.append(subprocess.Popen(_celery([]), env=env))
+        procs.append(subprocess.Popen(_uvicorn(host, port, 1), env=env))
+        base = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+        _wait_ready(base, procs)
+        print(
+            f"\nchatlane is up: {base}  (model: {settings.model}; Ctrl-C stops everything)\n"
+            f"  curl -s -X POST '{base}/v1/sessions/demo/turns?wait=10' \\\n"
+            f"       -H 'content-type: application/json' -d '{{\"content\": \"hello\"}}'\n"
+            f"  API docs: {base}/docs\n",
+            flush=True,
+        )
+        while not stopping:
+            if any(p.poll() is not None for p in procs):
+                print("chatlane: a process exited; stopping the rest", file=sys.stderr)
+                return 1
+            time.sleep(0.2)
+        return 0
+    finally:
+        _stop(procs)
+        if redis_server is not None:
+            redis_server.stop()
+        print("chatlane: stopped", flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="chatlane", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_up = sub.add_parser("up", help="API + worker (+ a managed Redis when none answers)")
+    p_up.add_argument("--host", default="127.0.0.1")
+    p_up.add_argument("--port", type=int, default=8000)
+    p_api = sub.add_parser("api", help="the HTTP API (uvicorn api.main:app)")
+    p_api.add_argument("--host", default="127.0.0.1")
+    p_api.add_argument("--port", type=int, default=8000)
+    p_api.add_argument("--workers", type=int, default=1)
+    sub.add_parser("worker", help="a Celery worker (extra arguments go to celery)")
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "up":
+        return up(args.host, args.port)
+    if args.command == "api":
+        os.execv(sys.executable, _uvicorn(args.host, args.port, args.workers))
+    os.execv(sys.executable, _celery(extra))
+    return 0  # pragma: no cover - execv does not return
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Nothing lost: a turn whose wake-up message vanished, or whose worker was SIGKILLed
+mid-turn, is still completed exactly once, by the sweeper's re-nudge."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import redis
+
+from shared import mailbox
+from shared.keys import GlobalKeys, SessionKeys
+from shared.schemas import Turn, now_ms
+from shared.scripts import Scripts
+from shared.settings import Settings
+from tests.support.cluster import Cluster
+
+
+def _wait_for(predicate: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_turn_whose_wake_up_was_lost_is_run_by_the_sweeper(
+    make_settings: Callable[..., Settings], client: redis.Redis, tmp_path: Path
+) -> None:
+    settings = make_settings(sweep_interval_s=0.3)
+    scripts = Scripts.register(client)
+    keys = SessionKeys(settings.key_prefix, settings.default_tenant, "orphan")
+    with Cluster(settings, tmp_path, workers=1, api=False):
+        # Accepted, marked active, but the broker message never arrives.
+        client.zadd(GlobalKeys(settings.key_prefix).active, {keys.member: now_ms()})
+        turn_id = mailbox.accept(scripts, settings, keys, input_doc={"content": "hi"}).turn_id
+
+        assert _wait_for(lambda: client.hget(keys.turn(turn_id), "status") == "completed", 10)
+    assert client.llen(keys.history) == 2
+
+
+def test_a_turn_whose_worker_is_killed_mid_turn_completes_once_on_another_worker(
+    make_settings: Callable[..., Settings], client: redis.Redis, tmp_path: Path
+) -> None:
+    settings = make_settings(echo_delay_s=1.5, lock_ttl_s=1.0, sweep_interval_s=0.3)
+    keys = SessionKeys(settings.key_prefix, settings.default_tenant, "victim")
+    with Cluster(settings, tmp_path, workers=1) as cluster:
+        http = httpx.Client(base_url=cluster.base_url, timeout=30)
+        first = http.post("/v1/sessions/victim/turns", json={"content": "one"}).json()
+        second = http.post("/v1/sessions/victim/turns", json={"content": "two"}).json()
+        assert _wait_for(lambda: client.hget(keys.turn(first["id"]), "status") == "running", 10)
+
+        cluster.worker_procs[0].send_signal(signal.SIGKILL)
+        cluster.worker_procs[0].wait()
+        cluster.start_worker("rescuer")
+
+        for turn in (first, second):
+            done = http.get(f"/v1/sessions/victim/turns/{turn['id']}?wait=20").json()
+            assert done["status"] == "completed", done
+        http.close()
+
+    rescued = Turn.from_record(client.hgetall(keys.turn(first["id"])))
+    assert rescued.attempt == 2  # started by the killed worker, finished by the rescuer
+    history = [json.loads(d)["data"]["content"] for d in client.lrange(keys.history, 0, -1)]
+    assert history == [
+        "one",
+        "echo: one (saw 0 earlier messages)",
+        "two",
+        "echo: two (saw 2 earlier messages)",
+    ]
