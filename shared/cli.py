@@ -17,6 +17,7 @@ import urllib.request
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
+from shared.processes import spawn, stop_all
 from shared.redis import answers
 from shared.redis_server import ManagedRedis, free_port
 from shared.settings import Settings
@@ -84,19 +85,6 @@ def _wait_ready(url: str, procs: list[subprocess.Popen[bytes]], timeout_s: float
     raise SystemExit("chatlane: the API did not become ready in time")
 
 
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 20
-    for proc in procs:
-        try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def up(host: str, port: int) -> int:
     settings = Settings()
     env = dict(os.environ)
@@ -119,8 +107,8 @@ def up(host: str, port: int) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        procs.append(subprocess.Popen(_celery([]), env=env))
-        procs.append(subprocess.Popen(_uvicorn(host, port, 1), env=env))
+        procs.append(spawn(_celery([]), env))
+        procs.append(spawn(_uvicorn(host, port, 1), env))
         base = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
         _wait_ready(base, procs)
         print(
@@ -137,7 +125,7 @@ def up(host: str, port: int) -> int:
             time.sleep(0.2)
         return 0
     finally:
-        _stop(procs)
+        stop_all(procs)
         if redis_server is not None:
             redis_server.stop()
         print("chatlane: stopped", flush=True)

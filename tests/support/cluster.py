@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ from typing import Any
 
 import httpx
 
+from shared.processes import spawn, stop_all
 from shared.redis_server import free_port
 from shared.settings import Settings
 
@@ -63,28 +63,25 @@ class Cluster:
         return f"http://127.0.0.1:{self.port}"
 
     def start_worker(self, name: str) -> subprocess.Popen[bytes]:
-        with (self.logs / f"{name}.log").open("wb") as log:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "worker.app",
-                    "worker",
-                    "-n",
-                    f"{name}@%h",
-                    "-l",
-                    "info",
-                    "--without-gossip",
-                    "--without-mingle",
-                ],
-                cwd=ROOT,
-                env=self._env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
+        proc = spawn(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "worker.app",
+                "worker",
+                "-n",
+                f"{name}@%h",
+                "-l",
+                "info",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            self._env,
+            log=self.logs / f"{name}.log",
+            cwd=ROOT,
+        )
         self.worker_procs.append(proc)
         self._wait_for_log(self.logs / f"{name}.log", b" ready.", proc)
         return proc
@@ -95,27 +92,24 @@ class Cluster:
             for i in range(self.workers):
                 self.start_worker(f"w{i + 1}")
             if self.with_api:
-                with (self.logs / "api.log").open("wb") as log:
-                    self.api = subprocess.Popen(
-                        [
-                            sys.executable,
-                            "-m",
-                            "uvicorn",
-                            "api.main:app",
-                            "--host",
-                            "127.0.0.1",
-                            "--port",
-                            str(self.port),
-                            "--no-access-log",
-                            "--log-level",
-                            "warning",
-                        ],
-                        cwd=ROOT,
-                        env=self._env,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        stdin=subprocess.DEVNULL,
-                    )
+                self.api = spawn(
+                    [
+                        sys.executable,
+                        "-m",
+                        "uvicorn",
+                        "api.main:app",
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(self.port),
+                        "--no-access-log",
+                        "--log-level",
+                        "warning",
+                    ],
+                    self._env,
+                    log=self.logs / "api.log",
+                    cwd=ROOT,
+                )
                 self._wait_for_api()
         except BaseException:
             self.__exit__()
@@ -123,17 +117,7 @@ class Cluster:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        procs = [*self.worker_procs, *([self.api] if self.api else [])]
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for proc in procs:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_all([*self.worker_procs, *([self.api] if self.api else [])], grace_s=15)
 
     def _wait_for_log(self, path: Path, marker: bytes, proc: subprocess.Popen[bytes]) -> None:
         deadline = time.monotonic() + 60
