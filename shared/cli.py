@@ -17,42 +17,10 @@ import urllib.request
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
-from shared.processes import spawn, stop_all
+from shared.processes import api_command, spawn, stop_all, worker_command
 from shared.redis import answers
 from shared.redis_server import ManagedRedis, free_port
 from shared.settings import Settings
-
-
-def _uvicorn(host: str, port: int, workers: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "api.main:app",
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--workers",
-        str(workers),
-        "--no-access-log",
-    ]
-
-
-def _celery(extra: Sequence[str]) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "worker.app",
-        "worker",
-        "-l",
-        "info",
-        "--without-gossip",
-        "--without-mingle",
-        *extra,
-    ]
 
 
 def _managed_redis_port(url: str) -> int:
@@ -107,8 +75,8 @@ def up(host: str, port: int) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        procs.append(spawn(_celery([]), env))
-        procs.append(spawn(_uvicorn(host, port, 1), env))
+        procs.append(spawn(worker_command(), env))
+        procs.append(spawn(api_command(host, port), env))
         base = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
         _wait_ready(base, procs)
         print(
@@ -146,8 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "up":
         return up(args.host, args.port)
     if args.command == "api":
-        os.execv(sys.executable, _uvicorn(args.host, args.port, args.workers))
-    os.execv(sys.executable, _celery(extra))
+        os.execv(sys.executable, api_command(args.host, args.port, "--workers", str(args.workers)))
+    os.execv(sys.executable, worker_command(*extra))
     return 0  # pragma: no cover - execv does not return
 
 

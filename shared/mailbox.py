@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.errors import CommitRejected, IdempotencyConflict, MailboxFull, SessionBusy
-from shared.keys import SessionKeys
+from shared.keys import GlobalKeys, SessionKeys
 from shared.schemas import now_ms
 from shared.settings import Settings
 
@@ -98,6 +98,7 @@ class AcceptCall:
 
 
 def accept(
+    client: Any,
     scripts: Any,
     settings: Settings,
     keys: SessionKeys,
@@ -106,11 +107,18 @@ def accept(
     input_doc: dict[str, Any] | None = None,
     idempotency_key: str | None = None,
 ) -> Accepted:
-    """Synchronous accept (tools, tests, benchmarks); the API pipelines the same call."""
+    """Synchronous accept (tools, tests, benchmarks): the same round trip the API makes.
+
+    Marks the session active for the sweeper, then runs ``accept.lua``. The caller
+    sends the wake-up when ``needs_nudge`` is set.
+    """
     call = AcceptCall.build(
         settings, keys, kind=kind, input_doc=input_doc, idempotency_key=idempotency_key
     )
-    return call.parse(scripts.accept(keys=call.keys, args=call.args))
+    pipe = client.pipeline(transaction=False)
+    pipe.zadd(GlobalKeys(settings.key_prefix).active, {keys.member: now_ms()})
+    scripts.accept(keys=call.keys, args=call.args, client=pipe)
+    return call.parse(pipe.execute()[-1])
 
 
 @dataclass(frozen=True, slots=True)

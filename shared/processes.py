@@ -4,9 +4,22 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+
+def api_command(host: str, port: int, *extra: str) -> list[str]:
+    """``uvicorn api.main:app`` under this interpreter."""
+    return [sys.executable, "-m", "uvicorn", "api.main:app", "--host", host, "--port", str(port),
+            "--no-access-log", *extra]  # fmt: skip
+
+
+def worker_command(*extra: str) -> list[str]:
+    """``celery -A worker.app worker`` under this interpreter (threads pool by default)."""
+    return [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-l", "info",
+            "--without-gossip", "--without-mingle", *extra]  # fmt: skip
 
 
 def spawn(

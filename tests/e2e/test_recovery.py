@@ -13,8 +13,8 @@ import httpx
 import redis
 
 from shared import mailbox
-from shared.keys import GlobalKeys, SessionKeys
-from shared.schemas import Turn, now_ms
+from shared.keys import SessionKeys
+from shared.schemas import Turn
 from shared.scripts import Scripts
 from shared.settings import Settings
 from tests.support.cluster import Cluster
@@ -36,9 +36,10 @@ def test_a_turn_whose_wake_up_was_lost_is_run_by_the_sweeper(
     scripts = Scripts.register(client)
     keys = SessionKeys(settings.key_prefix, settings.default_tenant, "orphan")
     with Cluster(settings, tmp_path, workers=1, api=False):
-        # Accepted, marked active, but the broker message never arrives.
-        client.zadd(GlobalKeys(settings.key_prefix).active, {keys.member: now_ms()})
-        turn_id = mailbox.accept(scripts, settings, keys, input_doc={"content": "hi"}).turn_id
+        # Accepted (and so marked active), but no wake-up is ever sent.
+        turn_id = mailbox.accept(
+            client, scripts, settings, keys, input_doc={"content": "hi"}
+        ).turn_id
 
         assert _wait_for(lambda: client.hget(keys.turn(turn_id), "status") == "completed", 10)
     assert client.llen(keys.history) == 2

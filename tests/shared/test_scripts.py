@@ -21,8 +21,10 @@ def keys(settings: Settings) -> SessionKeys:
     return SessionKeys(settings.key_prefix, "acme", "s-1")
 
 
-def _accept(scripts: Scripts, settings: Settings, keys: SessionKeys, text: str) -> str:
-    return mailbox.accept(scripts, settings, keys, input_doc={"content": text}).turn_id
+def _accept(
+    client: redis.Redis, scripts: Scripts, settings: Settings, keys: SessionKeys, text: str
+) -> str:
+    return mailbox.accept(client, scripts, settings, keys, input_doc={"content": text}).turn_id
 
 
 def _reply(head: Head) -> Outcome:
@@ -54,8 +56,8 @@ def _snapshot(client: redis.Redis, keys: SessionKeys, turn_id: str) -> tuple[obj
 def test_accept_assigns_sequence_numbers_in_order_and_queues_the_turn(
     client: redis.Redis, scripts: Scripts, settings: Settings, keys: SessionKeys
 ) -> None:
-    first = mailbox.accept(scripts, settings, keys, input_doc={"content": "a"})
-    second = mailbox.accept(scripts, settings, keys, input_doc={"content": "b"})
+    first = mailbox.accept(client, scripts, settings, keys, input_doc={"content": "a"})
+    second = mailbox.accept(client, scripts, settings, keys, input_doc={"content": "b"})
     assert (first.seq, second.seq) == (1, 2)
     assert client.lrange(keys.mailbox, 0, -1) == [first.turn_id, second.turn_id]
     assert client.hget(keys.turn(first.turn_id), "status") == "queued"
@@ -65,7 +67,7 @@ def test_accept_assigns_sequence_numbers_in_order_and_queues_the_turn(
 def test_commit_by_a_worker_that_lost_the_lock_writes_nothing(
     client: redis.Redis, scripts: Scripts, settings: Settings, keys: SessionKeys
 ) -> None:
-    _accept(scripts, settings, keys, "hello")
+    _accept(client, scripts, settings, keys, "hello")
     head = mailbox.begin(scripts, keys, "token-a", settings)
     assert head is not None
     client.set(keys.lock, "token-b")  # the lease expired and another worker took over
@@ -81,7 +83,7 @@ def test_commit_by_a_worker_that_lost_the_lock_writes_nothing(
 def test_commit_after_the_lease_expired_writes_nothing(
     client: redis.Redis, scripts: Scripts, settings: Settings, keys: SessionKeys
 ) -> None:
-    _accept(scripts, settings, keys, "hello")
+    _accept(client, scripts, settings, keys, "hello")
     head = mailbox.begin(scripts, keys, "token-a", settings)
     assert head is not None
     client.delete(keys.lock)  # nobody holds it any more
@@ -94,8 +96,8 @@ def test_commit_after_the_lease_expired_writes_nothing(
 def test_replayed_commit_writes_nothing(
     client: redis.Redis, scripts: Scripts, settings: Settings, keys: SessionKeys
 ) -> None:
-    _accept(scripts, settings, keys, "one")
-    _accept(scripts, settings, keys, "two")
+    _accept(client, scripts, settings, keys, "one")
+    _accept(client, scripts, settings, keys, "two")
     head = mailbox.begin(scripts, keys, "tok", settings)
     assert head is not None
     mailbox.commit(scripts, keys, "tok", head, _reply(head), settings)
@@ -112,8 +114,8 @@ def test_replayed_commit_writes_nothing(
 def test_commit_out_of_sequence_writes_nothing(
     client: redis.Redis, scripts: Scripts, settings: Settings, keys: SessionKeys
 ) -> None:
-    _accept(scripts, settings, keys, "one")
-    second_id = _accept(scripts, settings, keys, "two")
+    _accept(client, scripts, settings, keys, "one")
+    second_id = _accept(client, scripts, settings, keys, "two")
     head = mailbox.begin(scripts, keys, "tok", settings)
     assert head is not None
     # A stale worker tries to commit the second turn while the first is still the head.
@@ -131,8 +133,8 @@ def test_commit_out_of_sequence_writes_nothing(
 def test_commit_releases_the_lock_only_when_the_mailbox_is_empty(
     client: redis.Redis, scripts: Scripts, settings: Settings, keys: SessionKeys
 ) -> None:
-    _accept(scripts, settings, keys, "one")
-    _accept(scripts, settings, keys, "two")
+    _accept(client, scripts, settings, keys, "one")
+    _accept(client, scripts, settings, keys, "two")
     first = mailbox.begin(scripts, keys, "tok", settings)
     assert first is not None
     assert mailbox.commit(scripts, keys, "tok", first, _reply(first), settings) is False
@@ -148,7 +150,7 @@ def test_commit_releases_the_lock_only_when_the_mailbox_is_empty(
 def test_release_refuses_while_the_mailbox_has_entries(
     client: redis.Redis, scripts: Scripts, settings: Settings, keys: SessionKeys
 ) -> None:
-    _accept(scripts, settings, keys, "pending")
+    _accept(client, scripts, settings, keys, "pending")
     assert mailbox.begin(scripts, keys, "tok", settings) is not None
 
     assert lock.release(scripts, keys, "tok") == -1
@@ -161,7 +163,7 @@ def test_release_refuses_while_the_mailbox_has_entries(
 def test_begin_refuses_a_second_worker_and_releases_when_empty(
     client: redis.Redis, scripts: Scripts, settings: Settings, keys: SessionKeys
 ) -> None:
-    _accept(scripts, settings, keys, "x")
+    _accept(client, scripts, settings, keys, "x")
     head = mailbox.begin(scripts, keys, "tok-a", settings)
     assert head is not None
     with pytest.raises(SessionBusy):
@@ -183,11 +185,17 @@ def test_extend_renews_only_the_holders_lease(
 def test_idempotency_key_replays_and_refuses_a_different_body(
     client: redis.Redis, scripts: Scripts, settings: Settings, keys: SessionKeys
 ) -> None:
-    first = mailbox.accept(scripts, settings, keys, input_doc={"content": "a"}, idempotency_key="k")
-    again = mailbox.accept(scripts, settings, keys, input_doc={"content": "a"}, idempotency_key="k")
+    first = mailbox.accept(
+        client, scripts, settings, keys, input_doc={"content": "a"}, idempotency_key="k"
+    )
+    again = mailbox.accept(
+        client, scripts, settings, keys, input_doc={"content": "a"}, idempotency_key="k"
+    )
     assert again.replayed and again.turn_id == first.turn_id
     with pytest.raises(IdempotencyConflict):
-        mailbox.accept(scripts, settings, keys, input_doc={"content": "b"}, idempotency_key="k")
+        mailbox.accept(
+            client, scripts, settings, keys, input_doc={"content": "b"}, idempotency_key="k"
+        )
     assert client.llen(keys.mailbox) == 1
 
 
@@ -195,19 +203,19 @@ def test_accept_refuses_beyond_the_pending_limit(
     client: redis.Redis, scripts: Scripts, make_settings: object, keys: SessionKeys
 ) -> None:
     small = make_settings(max_pending_turns=2, key_prefix=keys.prefix)  # type: ignore[operator]
-    mailbox.accept(scripts, small, keys, input_doc={"content": "1"})
-    mailbox.accept(scripts, small, keys, input_doc={"content": "2"})
+    mailbox.accept(client, scripts, small, keys, input_doc={"content": "1"})
+    mailbox.accept(client, scripts, small, keys, input_doc={"content": "2"})
     with pytest.raises(MailboxFull):
-        mailbox.accept(scripts, small, keys, input_doc={"content": "3"})
+        mailbox.accept(client, scripts, small, keys, input_doc={"content": "3"})
     assert client.llen(keys.mailbox) == 2
 
 
 def test_a_clear_turn_empties_history_in_order(
     client: redis.Redis, scripts: Scripts, settings: Settings, keys: SessionKeys
 ) -> None:
-    _accept(scripts, settings, keys, "before")
-    mailbox.accept(scripts, settings, keys, kind="clear")
-    _accept(scripts, settings, keys, "after")
+    _accept(client, scripts, settings, keys, "before")
+    mailbox.accept(client, scripts, settings, keys, kind="clear")
+    _accept(client, scripts, settings, keys, "after")
     for _ in range(3):
         head = mailbox.begin(scripts, keys, "tok", settings)
         assert head is not None

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from shared.processes import spawn, stop_all
+from shared.processes import api_command, spawn, stop_all, worker_command
 from shared.redis_server import free_port
 from shared.settings import Settings
 
@@ -62,54 +61,34 @@ class Cluster:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start_worker(self, name: str) -> subprocess.Popen[bytes]:
+    def spawn_worker(self, name: str) -> subprocess.Popen[bytes]:
         proc = spawn(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "worker.app",
-                "worker",
-                "-n",
-                f"{name}@%h",
-                "-l",
-                "info",
-                "--without-gossip",
-                "--without-mingle",
-            ],
-            self._env,
-            log=self.logs / f"{name}.log",
-            cwd=ROOT,
+            worker_command("-n", f"{name}@%h"), self._env, log=self.logs / f"{name}.log", cwd=ROOT
         )
         self.worker_procs.append(proc)
+        return proc
+
+    def start_worker(self, name: str) -> subprocess.Popen[bytes]:
+        """Start one more worker and wait until it consumes."""
+        proc = self.spawn_worker(name)
         self._wait_for_log(self.logs / f"{name}.log", b" ready.", proc)
         return proc
 
     def __enter__(self) -> Cluster:
         self.logs.mkdir(parents=True, exist_ok=True)
         try:
-            for i in range(self.workers):
-                self.start_worker(f"w{i + 1}")
+            names = [f"w{i + 1}" for i in range(self.workers)]
+            procs = [self.spawn_worker(name) for name in names]  # they boot in parallel
             if self.with_api:
                 self.api = spawn(
-                    [
-                        sys.executable,
-                        "-m",
-                        "uvicorn",
-                        "api.main:app",
-                        "--host",
-                        "127.0.0.1",
-                        "--port",
-                        str(self.port),
-                        "--no-access-log",
-                        "--log-level",
-                        "warning",
-                    ],
+                    api_command("127.0.0.1", self.port, "--log-level", "warning"),
                     self._env,
                     log=self.logs / "api.log",
                     cwd=ROOT,
                 )
+            for name, proc in zip(names, procs, strict=True):
+                self._wait_for_log(self.logs / f"{name}.log", b" ready.", proc)
+            if self.with_api:
                 self._wait_for_api()
         except BaseException:
             self.__exit__()

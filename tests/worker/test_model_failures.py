@@ -39,9 +39,12 @@ def _turn(client: redis.Redis, keys: SessionKeys, turn_id: str) -> Turn:
     return Turn.from_record(client.hgetall(keys.turn(turn_id)))
 
 
-def _queue(scripts: Scripts, settings: Settings, keys: SessionKeys, *texts: str) -> list[str]:
+def _queue(
+    client: redis.Redis, scripts: Scripts, settings: Settings, keys: SessionKeys, *texts: str
+) -> list[str]:
     return [
-        mailbox.accept(scripts, settings, keys, input_doc={"content": t}).turn_id for t in texts
+        mailbox.accept(client, scripts, settings, keys, input_doc={"content": t}).turn_id
+        for t in texts
     ]
 
 
@@ -53,7 +56,7 @@ def test_a_429_with_retry_after_is_retried_after_the_pause_then_succeeds(
     model_server: ModelServer,
 ) -> None:
     keys = SessionKeys(openai_settings.key_prefix, "default", "rate-limited")
-    [turn_id] = _queue(scripts, openai_settings, keys, "hello")
+    [turn_id] = _queue(client, scripts, openai_settings, keys, "hello")
     model_server.state.script = [("status", "429", "1")]
 
     started = time.monotonic()
@@ -74,7 +77,7 @@ def test_a_persistently_failing_model_fails_the_turn_and_the_next_turn_proceeds(
     model_server: ModelServer,
 ) -> None:
     keys = SessionKeys(openai_settings.key_prefix, "default", "flaky")
-    first, second = _queue(scripts, openai_settings, keys, "one", "two")
+    first, second = _queue(client, scripts, openai_settings, keys, "one", "two")
     model_server.state.script = [("status", "500")] * 3  # first try + 2 retries
 
     report = drain_session(make_deps(openai_settings), "default", "flaky")
@@ -106,7 +109,7 @@ def test_a_hanging_model_is_cut_off_by_the_request_timeout(
         model_max_retries=1,
     )
     keys = SessionKeys(settings.key_prefix, "default", "hung")
-    [turn_id] = _queue(scripts, settings, keys, "anyone there?")
+    [turn_id] = _queue(client, scripts, settings, keys, "anyone there?")
     model_server.state.script = [("hang",), ("hang",)]
 
     started = time.monotonic()
@@ -127,7 +130,7 @@ def test_a_request_the_model_refuses_fails_at_once_without_retries(
     model_server: ModelServer,
 ) -> None:
     keys = SessionKeys(openai_settings.key_prefix, "default", "refused")
-    [turn_id] = _queue(scripts, openai_settings, keys, "bad")
+    [turn_id] = _queue(client, scripts, openai_settings, keys, "bad")
     model_server.state.script = [("status", "400"), ("status", "400")]
 
     drain_session(make_deps(openai_settings), "default", "refused")
@@ -154,7 +157,7 @@ def test_the_turn_deadline_fails_a_turn_whose_retries_would_overrun_it(
         model_max_retries=5,
     )
     keys = SessionKeys(settings.key_prefix, "default", "late")
-    [turn_id] = _queue(scripts, settings, keys, "hi")
+    [turn_id] = _queue(client, scripts, settings, keys, "hi")
     model_server.state.script = [("status", "429", "30")]
 
     started = time.monotonic()

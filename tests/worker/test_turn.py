@@ -32,7 +32,7 @@ def test_the_echo_model_names_the_message_and_the_context_it_saw(
 ) -> None:
     keys = SessionKeys(settings.key_prefix, "default", "echo")
     ids = [
-        mailbox.accept(scripts, settings, keys, input_doc={"content": t}).turn_id
+        mailbox.accept(client, scripts, settings, keys, input_doc={"content": t}).turn_id
         for t in ("first", "second")
     ]
     report = drain_session(make_deps(settings), "default", "echo")
@@ -57,7 +57,7 @@ def test_the_history_window_and_system_prompt_shape_the_prompt(
     settings: Settings = make_settings(history_window=4, system_prompt="Be brief.")
     keys = SessionKeys(settings.key_prefix, "default", "window")
     for n in range(4):
-        mailbox.accept(scripts, settings, keys, input_doc={"content": f"m{n}"})
+        mailbox.accept(client, scripts, settings, keys, input_doc={"content": f"m{n}"})
     drain_session(make_deps(settings), "default", "window")
     last = json.loads(client.lrange(keys.history, -1, -1)[0])
     assert last["data"]["content"] == "echo: m3 (saw 4 earlier messages)"
@@ -94,7 +94,7 @@ def test_a_worker_that_loses_its_lock_mid_reply_writes_nothing(
     client: redis.Redis, scripts: Scripts, settings: Settings, make_deps: DepsFactory
 ) -> None:
     keys = SessionKeys(settings.key_prefix, "default", "stolen")
-    turn_id = mailbox.accept(scripts, settings, keys, input_doc={"content": "hi"}).turn_id
+    turn_id = mailbox.accept(client, scripts, settings, keys, input_doc={"content": "hi"}).turn_id
     model = _LockThief(client=client, lock_key=keys.lock)
 
     report = drain_session(make_deps(settings, model), "default", "stolen")
@@ -110,7 +110,7 @@ def test_a_turn_started_too_many_times_is_failed_instead_of_retried_forever(
 ) -> None:
     settings: Settings = make_settings(max_turn_attempts=2)
     keys = SessionKeys(settings.key_prefix, "default", "poison")
-    turn_id = mailbox.accept(scripts, settings, keys, input_doc={"content": "boom"}).turn_id
+    turn_id = mailbox.accept(client, scripts, settings, keys, input_doc={"content": "boom"}).turn_id
     for crashed in ("w1", "w2"):  # two workers took it and died without committing
         assert mailbox.begin(scripts, keys, crashed, settings) is not None
         client.delete(keys.lock)
@@ -126,7 +126,7 @@ def test_a_busy_session_is_left_to_its_holder(
     client: redis.Redis, scripts: Scripts, settings: Settings, make_deps: DepsFactory
 ) -> None:
     keys = SessionKeys(settings.key_prefix, "default", "held")
-    mailbox.accept(scripts, settings, keys, input_doc={"content": "x"})
+    mailbox.accept(client, scripts, settings, keys, input_doc={"content": "x"})
     client.set(keys.lock, "someone-else", px=5000)
 
     report = drain_session(make_deps(settings), "default", "held")
@@ -140,7 +140,7 @@ def test_the_heartbeat_keeps_the_lock_through_a_model_call_longer_than_the_lease
 ) -> None:
     settings: Settings = make_settings(lock_ttl_s=0.6, echo_delay_s=1.5)
     keys = SessionKeys(settings.key_prefix, "default", "slow")
-    turn_id = mailbox.accept(scripts, settings, keys, input_doc={"content": "hi"}).turn_id
+    turn_id = mailbox.accept(client, scripts, settings, keys, input_doc={"content": "hi"}).turn_id
 
     report = drain_session(make_deps(settings), "default", "slow")
 
