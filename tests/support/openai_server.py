@@ -7,6 +7,7 @@ flight at once, and can be told to answer the next requests with errors or to ha
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections import defaultdict
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-Behaviour = tuple[str, ...]  # ("ok",) | ("status", "429", "retry-after") | ("hang",)
+Behaviour = tuple[str, ...]  # ("ok",) | ("status", "429", "<retry-after>") | ("hang",) | ("drop",)
 
 
 @dataclass
@@ -65,6 +66,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if behaviour[0] == "hang":
             state.closing.wait(120)
+            return
+        if behaviour[0] == "drop":  # the connection dies before any response
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
             return
         messages = body["messages"]
         conversation = state.conversation_of(messages)

@@ -69,6 +69,26 @@ def test_a_429_with_retry_after_is_retried_after_the_pause_then_succeeds(
     assert len(model_server.state.prompts) == 1  # the 429 never reached the recorder
 
 
+def test_a_dropped_connection_is_retried(
+    client: redis.Redis,
+    scripts: Scripts,
+    make_deps: DepsFactory,
+    openai_settings: Settings,
+    model_server: ModelServer,
+) -> None:
+    keys = SessionKeys(openai_settings.key_prefix, "default", "dropped")
+    [turn_id] = _queue(client, scripts, openai_settings, keys, "still there?")
+    model_server.state.script = [("drop",), ("status", "503")]
+
+    drain_session(make_deps(openai_settings), "default", "dropped")
+
+    turn = _turn(client, keys, turn_id)
+    assert turn.status == "completed"
+    assert turn.output is not None
+    assert turn.output.content == "ack still there?"
+    assert model_server.state.script == []  # both failures were consumed, then it succeeded
+
+
 def test_a_persistently_failing_model_fails_the_turn_and_the_next_turn_proceeds(
     client: redis.Redis,
     scripts: Scripts,
