@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Path, Request
 
+from api.metrics import ApiMetrics
 from shared.keys import SESSION_ID_PATTERN, SessionKeys
 from shared.nudge import AsyncNudger
 from shared.settings import Settings
@@ -20,6 +21,7 @@ class AppState:
     redis: Any
     scripts: Any
     nudger: AsyncNudger
+    metrics: ApiMetrics
 
 
 async def get_state(request: Request) -> AppState:

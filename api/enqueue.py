@@ -42,6 +42,11 @@ async def accept(
     except NoScriptError:  # the server restarted and lost its script cache
         reply = await script(keys=call.keys, args=call.args)
     accepted = call.parse(reply)
+    if accepted.replayed:
+        state.metrics.replayed.inc()
+    else:
+        state.metrics.accepted.labels(kind).inc()
     if accepted.needs_nudge:
         await state.nudger.nudge(keys.tenant, keys.session)
+        state.metrics.wakeups.inc()
     return accepted

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from api import problems
 from api.deps import AppState
 from api.limits import BodyLimit
+from api.metrics import ApiMetrics, MetricsMiddleware
 from api.routes import health, sessions, turns
 from shared.nudge import AsyncNudger, is_redis_broker
 from shared.redis import async_client
@@ -30,7 +31,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             broker = client if broker_url == settings.redis_url else async_client(broker_url)
         nudger = AsyncNudger(settings, broker)
         app.state.chatlane = AppState(
-            settings=settings, redis=client, scripts=Scripts.register(client), nudger=nudger
+            settings=settings,
+            redis=client,
+            scripts=Scripts.register(client),
+            nudger=nudger,
+            metrics=metrics,
         )
         try:
             yield
@@ -40,14 +45,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await broker.aclose()
             await client.aclose()
 
+    metrics = ApiMetrics()
     app = FastAPI(
         title="chatlane",
         version="1",
         summary="Queue-based chat turns: isolated, exactly once, in order per session.",
         lifespan=lifespan,
     )
+    app.state.metrics = metrics
     problems.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.include_router(turns.router)
     app.include_router(sessions.router)
     app.include_router(health.router)

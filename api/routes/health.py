@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter, Response
+from fastapi.responses import PlainTextResponse
 
 from api.deps import State
+from api.metrics import CONTENT_TYPE
 from api.problems import problem
 
 router = APIRouter(tags=["health"])
@@ -16,6 +18,12 @@ router = APIRouter(tags=["health"])
 async def healthz() -> dict[str, str]:
     """The process is up."""
     return {"status": "ok"}
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+async def metrics(state: State) -> PlainTextResponse:
+    """Prometheus metrics of this API process."""
+    return PlainTextResponse(state.metrics.render(), media_type=CONTENT_TYPE)
 
 
 @router.get("/readyz", response_model=None)

@@ -72,3 +72,22 @@ def test_health_and_readiness(api: TestClient) -> None:
     ready = api.get("/readyz")
     assert ready.status_code == 200
     assert ready.json()["redis"] == "ok" and ready.json()["broker"] == "ok"
+
+
+def test_metrics_count_accepted_turns_and_time_requests_by_route(api: TestClient) -> None:
+    api.post("/v1/sessions/m/turns", json={"content": "a"})
+    api.post("/v1/sessions/m/turns", json={"content": "b"}, headers={"Idempotency-Key": "x"})
+    api.post("/v1/sessions/m/turns", json={"content": "b"}, headers={"Idempotency-Key": "x"})
+    api.post("/v1/sessions/bad id/turns", json={"content": "a"})
+    text = api.get("/metrics").text
+    assert 'chatlane_turns_accepted_total{kind="message"} 2.0' in text
+    assert "chatlane_turns_replayed_total 1.0" in text
+    route = 'route="/v1/sessions/{session_id}/turns"'
+    assert (
+        f'chatlane_http_request_duration_seconds_count{{method="POST",{route},status="202"}} 3.0'
+        in text
+    )
+    assert (
+        f'chatlane_http_request_duration_seconds_count{{method="POST",{route},status="422"}} 1.0'
+        in text
+    )

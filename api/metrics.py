@@ -1,0 +1,73 @@
+"""Prometheus metrics for one API process: requests by route and status, turns accepted."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class ApiMetrics:
+    """Metrics in a registry of their own, so several apps can live in one process."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Histogram(
+            "chatlane_http_request_duration_seconds",
+            "HTTP requests by route template, method and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60),
+        )
+        self.accepted = Counter(
+            "chatlane_turns_accepted_total",
+            "Turns queued on a session mailbox, by kind.",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.replayed = Counter(
+            "chatlane_turns_replayed_total",
+            "Accepts answered from an earlier request with the same Idempotency-Key.",
+            registry=self.registry,
+        )
+        self.wakeups = Counter(
+            "chatlane_wakeups_sent_total",
+            "Drain messages sent to the broker (skipped while a worker holds the session).",
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsMiddleware:
+    """Times every HTTP request under its route template (``/v1/sessions/{session_id}/…``)."""
+
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            self.metrics.requests.labels(scope["method"], template, str(status)).observe(
+                time.perf_counter() - started
+            )
