@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 from redis.exceptions import NoScriptError
@@ -10,6 +12,10 @@ from api.deps import AppState
 from shared.keys import GlobalKeys, SessionKeys
 from shared.mailbox import AcceptCall, Accepted
 from shared.schemas import now_ms
+
+log = logging.getLogger(__name__)
+
+NUDGE_TIMEOUT_S = 2.0
 
 
 async def accept(
@@ -47,6 +53,15 @@ async def accept(
     else:
         state.metrics.accepted.labels(kind).inc()
     if accepted.needs_nudge:
-        await state.nudger.nudge(keys.tenant, keys.session)
-        state.metrics.wakeups.inc()
+        try:
+            await asyncio.wait_for(state.nudger.nudge(keys.tenant, keys.session), NUDGE_TIMEOUT_S)
+        except Exception:
+            # The turn is already safely queued: answering an error now would invite a
+            # retry that queues it twice. The sweeper re-sends the wake-up.
+            log.warning(
+                "wake-up for %s not sent; the sweeper will retry", keys.member, exc_info=True
+            )
+            state.metrics.wakeups_failed.inc()
+        else:
+            state.metrics.wakeups.inc()
     return accepted

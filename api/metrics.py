@@ -39,6 +39,12 @@ class ApiMetrics:
             registry=self.registry,
         )
 
+        self.wakeups_failed = Counter(
+            "chatlane_wakeups_failed_total",
+            "Drain messages the broker did not take (the sweeper re-sends them).",
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 

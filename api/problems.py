@@ -123,4 +123,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(MailboxFull, _full)
     app.add_exception_handler(redis.exceptions.ConnectionError, _unavailable)
     app.add_exception_handler(redis.exceptions.TimeoutError, _unavailable)
+    app.add_exception_handler(redis.exceptions.ReadOnlyError, _unavailable)  # mid-failover
+    app.add_exception_handler(redis.exceptions.BusyLoadingError, _unavailable)
     app.add_exception_handler(Exception, _unexpected)

@@ -11,6 +11,7 @@ import json
 import time
 from typing import Any
 
+from shared.errors import LockLost
 from shared.keys import SessionKeys
 
 FINAL = "final"
@@ -19,25 +20,34 @@ FINAL = "final"
 class DeltaWriter:
     """Buffers token deltas and appends them to the stream at most every ``flush_s``.
 
-    Whatever is still buffered when the turn ends is handed to the commit script
-    (``take_tail``), so a fast reply costs no extra round trip.
+    Appends are fenced (``delta.lua``): once the session lock is no longer this worker's,
+    nothing more is written and ``LockLost`` is raised. Whatever is still buffered when
+    the turn ends is handed to the commit script (``take_tail``), so a fast reply costs
+    no extra round trip.
     """
 
     def __init__(
-        self, client: Any, keys: SessionKeys, turn_id: str, attempt: int, flush_s: float
+        self,
+        scripts: Any,
+        keys: SessionKeys,
+        token: str,
+        turn_id: str,
+        attempt: int,
+        flush_s: float,
     ) -> None:
-        self._client = client
-        self._key = keys.events(turn_id)
+        self._scripts = scripts
+        self._keys = [keys.lock, keys.events(turn_id)]
+        self._token = token
         self._attempt = attempt
         self._flush_s = flush_s
-        self._try = 0
+        self.try_number = 0
         self._buffer: list[str] = []
         self._since = time.monotonic()
 
     def retry(self) -> None:
         """A new model try begins: drop unsent text; later deltas carry the next ``try``."""
         self._buffer.clear()
-        self._try += 1
+        self.try_number += 1
 
     def write(self, text: str) -> None:
         if not text:
@@ -48,9 +58,11 @@ class DeltaWriter:
 
     def flush(self) -> None:
         tail = self.take_tail()
-        if tail:
-            data = json.dumps({"attempt": self._attempt, "try": self._try, "text": tail})
-            self._client.xadd(self._key, {"type": "delta", "data": data})
+        if not tail:
+            return
+        data = json.dumps({"attempt": self._attempt, "try": self.try_number, "text": tail})
+        if not self._scripts.delta(keys=self._keys, args=[self._token, data]):
+            raise LockLost("session lock lost while streaming")
 
     def take_tail(self) -> str:
         tail = "".join(self._buffer)

@@ -43,7 +43,7 @@ class SessionKeys:
 
     @property
     def meta(self) -> str:
-        """Hash: ``next_seq`` (last sequence number handed out), ``done_seq`` (last committed)."""
+        """Hash: ``next_seq`` (last handed out), ``done_seq`` (last committed), ``renudges``."""
         return f"{self.tag}:meta"
 
     @property
@@ -80,7 +80,7 @@ class SessionKeys:
 
     @property
     def nudged(self) -> str:
-        """String set by the sweeper when it re-nudged this session (rate limit)."""
+        """String present while a sweeper re-nudge of this session is outstanding."""
         return f"{self.tag}:nudged"
 
     def idempotency(self, key: str) -> str:

@@ -64,6 +64,7 @@ class AcceptCall:
                 keys.events(turn_id),
                 keys.idempotency(idempotency_key or ""),
                 keys.lock,
+                keys.history,
             ],
             args=[
                 turn_id,
@@ -73,7 +74,8 @@ class AcceptCall:
                 settings.session_ttl_ms,
                 "1" if idempotency_key else "0",
                 fingerprint(kind, input_json),
-                settings.idempotency_ttl_s * 1000,
+                # Never remember a key longer than the turn it points to can live.
+                min(settings.idempotency_ttl_s * 1000, settings.session_ttl_ms),
                 settings.max_pending_turns,
                 keys.session,
             ],
@@ -139,7 +141,7 @@ def begin(scripts: Any, keys: SessionKeys, token: str, settings: Settings) -> He
     Raises ``SessionBusy`` when another worker holds the lock. One round trip.
     """
     reply = scripts.begin(
-        keys=[keys.lock, keys.mailbox, keys.history],
+        keys=[keys.lock, keys.mailbox, keys.history, keys.meta, keys.nudged],
         args=[
             token,
             settings.lock_ttl_ms,
@@ -147,6 +149,7 @@ def begin(scripts: Any, keys: SessionKeys, token: str, settings: Settings) -> He
             now_ms(),
             keys.turn_prefix,
             keys.events_prefix,
+            settings.session_ttl_ms,
         ],
     )
     verdict = reply[0]
@@ -173,6 +176,7 @@ class Outcome:
     error: dict[str, Any] | None = None
     messages: tuple[dict[str, Any], ...] = ()
     tail_delta: str = ""
+    tail_try: int = 0
 
 
 def commit(
@@ -210,6 +214,7 @@ def commit(
             dumps(outcome.error) if outcome.error is not None else "",
             outcome.tail_delta,
             head.attempt,
+            outcome.tail_try,
             *(dumps(m, separators=(",", ":")) for m in outcome.messages),
         ],
     )

@@ -1,8 +1,9 @@
 """The sweeper: re-nudges sessions that have pending turns and no live lock holder.
 
-Recovery therefore waits at most one lock lease plus one sweep interval, never the
-broker's visibility timeout. One sweeper runs at a time across all workers, elected
-by a short-lived lock of its own.
+Recovery therefore waits at most one lock lease plus one sweep interval (plus the
+grace below), never the broker's visibility timeout. One sweeper runs at a time across
+all workers, elected by a short-lived lock of its own. Re-nudges back off per session
+(``renudge.lua``), so a queue that is merely backed up is not flooded.
 """
 
 from __future__ import annotations
@@ -19,51 +20,70 @@ from shared.settings import Settings
 log = logging.getLogger(__name__)
 
 Nudge = Callable[[str, str], None]
+MAX_RENUDGE_WAIT_MS = 15 * 60 * 1000
 
 
-def sweep_once(client: Any, scripts: Any, settings: Settings, nudge: Nudge) -> int:
-    """One pass over the active-session index; returns how many sessions were nudged.
-
-    A session with no pending turn and no lock leaves the index, unless a turn was
-    accepted since this pass read its score (``forget.lua`` compares the score).
-    """
-    index = GlobalKeys(settings.key_prefix).active
-    grace_ms = int(settings.sweep_interval_s * 1000) * 2
-    now = now_ms()
-    nudged = 0
-    cursor = 0
-    while True:
-        cursor, batch = client.zscan(index, cursor=cursor, count=500, score_cast_func=str)
-        if batch:
-            sessions = [SessionKeys(settings.key_prefix, *parse_member(m)) for m, _ in batch]
-            pipe = client.pipeline(transaction=False)
-            for keys in sessions:
-                pipe.exists(keys.lock)
-                pipe.llen(keys.mailbox)
-            states = pipe.execute()
-            for i, (member, score) in enumerate(batch):
-                locked, pending = states[2 * i], states[2 * i + 1]
-                if locked or now - int(float(score)) <= grace_ms:
-                    continue  # a live holder drains it, or its own nudge is still fresh
-                keys = sessions[i]
-                if not pending:
-                    scripts.forget(keys=[index], args=[member, score])
-                # At most one re-nudge per lease, so a backed-up queue is not flooded.
-                elif client.set(keys.nudged, "1", nx=True, px=settings.lock_ttl_ms):
-                    nudge(keys.tenant, keys.session)
-                    nudged += 1
-        if cursor == 0:
-            return nudged
-
-
-class Sweeper:
-    """Runs ``sweep_once`` every ``sweep_interval_s`` in a daemon thread, when elected."""
+class Sweep:
+    """One sweeper's memory between passes: sessions seen idle, by the score they had."""
 
     def __init__(self, client: Any, scripts: Any, settings: Settings, nudge: Nudge) -> None:
         self._client = client
         self._scripts = scripts
         self._settings = settings
         self._nudge = nudge
+        self._idle: dict[str, str] = {}
+
+    def once(self) -> int:
+        """One pass over the active-session index; returns how many sessions were nudged.
+
+        A session leaves the index only when two passes in a row saw it idle (no lock,
+        nothing pending) with the same score, and ``forget.lua`` confirms the score is
+        still unchanged: no clock comparison between hosts is involved.
+        """
+        client, settings = self._client, self._settings
+        index = GlobalKeys(settings.key_prefix).active
+        grace_ms = int(settings.sweep_interval_s * 1000) * 2
+        now = now_ms()
+        idle: dict[str, str] = {}
+        nudged = 0
+        cursor = 0
+        while True:
+            cursor, batch = client.zscan(index, cursor=cursor, count=500, score_cast_func=str)
+            if batch:
+                sessions = [SessionKeys(settings.key_prefix, *parse_member(m)) for m, _ in batch]
+                pipe = client.pipeline(transaction=False)
+                for keys in sessions:
+                    pipe.exists(keys.lock)
+                    pipe.llen(keys.mailbox)
+                states = pipe.execute()
+                for i, (member, score) in enumerate(batch):
+                    locked, pending = states[2 * i], states[2 * i + 1]
+                    keys = sessions[i]
+                    if locked:
+                        continue  # a live holder drains it
+                    if not pending:
+                        if self._idle.get(member) == score:
+                            self._scripts.forget(keys=[index], args=[member, score])
+                        else:
+                            idle[member] = score
+                    elif now - int(float(score)) > grace_ms and self._scripts.renudge(
+                        keys=[keys.nudged, keys.meta],
+                        args=[settings.lock_ttl_ms, MAX_RENUDGE_WAIT_MS],
+                    ):
+                        self._nudge(keys.tenant, keys.session)
+                        nudged += 1
+            if cursor == 0:
+                self._idle = idle
+                return nudged
+
+
+class Sweeper:
+    """Runs ``Sweep.once`` every ``sweep_interval_s`` in a daemon thread, when elected."""
+
+    def __init__(self, client: Any, scripts: Any, settings: Settings, nudge: Nudge) -> None:
+        self._client = client
+        self._settings = settings
+        self._sweep = Sweep(client, scripts, settings, nudge)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="chatlane-sweeper", daemon=True)
 
@@ -80,7 +100,7 @@ class Sweeper:
             try:
                 # Held for most of an interval: other workers' sweepers skip this beat.
                 if self._client.set(election, "1", nx=True, px=int(interval * 900)):
-                    nudged = sweep_once(self._client, self._scripts, self._settings, self._nudge)
+                    nudged = self._sweep.once()
                     if nudged:
                         log.info("sweeper re-nudged %d stalled sessions", nudged)
             except Exception:

@@ -61,21 +61,26 @@ def drain_session(deps: TurnDeps, tenant: str, session: str) -> DrainReport:
 
     lease = deps.leases.hold(keys, token)
     committed = 0
+    refused: str | None = None
     try:
         while head is not None:
-            outcome = run_turn(deps, keys, head, lease.lost)
+            outcome = run_turn(deps, keys, token, head, lease.lost)
             try:
                 released = mailbox.commit(deps.scripts, keys, token, head, outcome, settings)
             except CommitRejected as rejected:
                 log.warning("commit of %s refused: %s", head.turn_id, rejected.reason)
-                if rejected.reason == "NOT_OWNER":
-                    return DrainReport(committed, lost_lock=True)
-                released = False  # DUPLICATE / OUT_OF_ORDER: re-read the head
+                if rejected.reason == "NOT_OWNER" or refused == head.turn_id:
+                    # Lost the lock, or the same head refused twice: leave the session to
+                    # the sweeper and a fresh worker rather than spin on it.
+                    lock.release(deps.scripts, keys, token, force=True)
+                    return DrainReport(committed, lost_lock=rejected.reason == "NOT_OWNER")
+                refused, released = head.turn_id, False  # re-read the head
             else:
                 committed += 1
             if released:
                 return DrainReport(committed)
             head = mailbox.begin(deps.scripts, keys, token, settings)
+            lease.lost.clear()  # begin just (re)took the lock with this token
         return DrainReport(committed)
     except (LockLost, SessionBusy):
         return DrainReport(committed, lost_lock=True)
@@ -87,7 +92,7 @@ def drain_session(deps: TurnDeps, tenant: str, session: str) -> DrainReport:
         deps.leases.drop(lease)
 
 
-def run_turn(deps: TurnDeps, keys: SessionKeys, head: Head, lost: Any) -> Outcome:
+def run_turn(deps: TurnDeps, keys: SessionKeys, token: str, head: Head, lost: Any) -> Outcome:
     """Produce the outcome of one turn; never raises for model failures (they become
     ``failed`` outcomes). Raises ``LockLost`` if the lock goes while the model runs."""
     if head.kind == "clear":
@@ -99,7 +104,9 @@ def run_turn(deps: TurnDeps, keys: SessionKeys, head: Head, lost: Any) -> Outcom
         return Outcome(status="failed", error={"code": "attempts_exhausted", "message": message})
     content = (head.input or {}).get("content", "")
     prompt = build_prompt(settings, head.history, content, head.turn_id)
-    writer = DeltaWriter(deps.client, keys, head.turn_id, head.attempt, settings.stream_flush_s)
+    writer = DeltaWriter(
+        deps.scripts, keys, token, head.turn_id, head.attempt, settings.stream_flush_s
+    )
     deadline = time.monotonic() + settings.turn_deadline_s
     try:
         reply = call_model(
@@ -122,6 +129,7 @@ def run_turn(deps: TurnDeps, keys: SessionKeys, head: Head, lost: Any) -> Outcom
             history.assistant_doc(reply, turn_id=head.turn_id),
         ),
         tail_delta=writer.take_tail(),
+        tail_try=writer.try_number,
     )
 
 

@@ -7,7 +7,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-SCRIPT_NAMES = ("accept", "begin", "commit", "release", "extend", "forget")
+SCRIPT_NAMES = ("accept", "begin", "commit", "delta", "release", "extend", "forget", "renudge")
 
 
 @cache
@@ -23,9 +23,11 @@ class Scripts:
     accept: Any
     begin: Any
     commit: Any
+    delta: Any
     release: Any
     extend: Any
     forget: Any
+    renudge: Any
 
     @classmethod
     def register(cls, client: Any) -> Scripts:

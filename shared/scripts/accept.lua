@@ -6,6 +6,7 @@
 -- KEYS[4] events    stream: the new turn's events
 -- KEYS[5] idem      string: "<turn id>|<fingerprint>" for an Idempotency-Key (unused if ARGV[6] = "0")
 -- KEYS[6] lock      string: the token of the worker draining this session, if any
+-- KEYS[7] history   list: the session's messages (its TTL is refreshed)
 -- ARGV[1] turn id   ARGV[2] kind ("message" | "clear")   ARGV[3] input JSON
 -- ARGV[4] now (ms)  ARGV[5] session TTL (ms)   ARGV[6] "1" when an Idempotency-Key was given
 -- ARGV[7] request fingerprint   ARGV[8] idempotency TTL (ms)   ARGV[9] max pending turns
@@ -43,6 +44,7 @@ redis.call("PEXPIRE", KEYS[1], ttl)
 redis.call("PEXPIRE", KEYS[2], ttl)
 redis.call("PEXPIRE", KEYS[3], ttl)
 redis.call("PEXPIRE", KEYS[4], ttl)
+redis.call("PEXPIRE", KEYS[7], ttl)
 if ARGV[6] == "1" then
   redis.call("SET", KEYS[5], turn_id .. "|" .. ARGV[7], "PX", ARGV[8])
 end

@@ -6,9 +6,11 @@
 -- ARGV[1] token    ARGV[2] turn id   ARGV[3] seq   ARGV[4] status ("completed" | "failed")
 -- ARGV[5] now (ms) ARGV[6] session TTL (ms)   ARGV[7] lock TTL (ms)
 -- ARGV[8] output JSON or ""   ARGV[9] error JSON or ""   ARGV[10] unsent token delta or ""
--- ARGV[11] attempt   ARGV[12..] message JSON documents to append to history
+-- ARGV[11] attempt   ARGV[12] model try of the unsent delta
+-- ARGV[13..] message JSON documents to append to history
 -- Returns {"OK", released (0|1)} | {"NOT_OWNER"} | {"DUPLICATE"} | {"OUT_OF_ORDER"}.
--- Only "OK" writes anything.
+-- Only "OK" writes anything. The mailbox is in acceptance order, so "the next expected
+-- turn" is exactly the mailbox head; done_seq records how far the session has come.
 if redis.call("GET", KEYS[1]) ~= ARGV[1] then
   return {"NOT_OWNER"}
 end
@@ -17,16 +19,15 @@ local status, kind = turn[1], turn[2]
 if status ~= "queued" and status ~= "running" then
   return {"DUPLICATE"}
 end
-local seq = tonumber(ARGV[3])
-local done = tonumber(redis.call("HGET", KEYS[4], "done_seq") or "0")
-if redis.call("LINDEX", KEYS[2], 0) ~= ARGV[2] or seq <= done then
+if redis.call("LINDEX", KEYS[2], 0) ~= ARGV[2] then
   return {"OUT_OF_ORDER"}
 end
+local seq = tonumber(ARGV[3])
 
 if kind == "clear" then
   redis.call("DEL", KEYS[3])
-elseif ARGV[4] == "completed" and #ARGV > 11 then
-  redis.call("RPUSH", KEYS[3], unpack(ARGV, 12))
+elseif ARGV[4] == "completed" and #ARGV > 12 then
+  redis.call("RPUSH", KEYS[3], unpack(ARGV, 13))
 end
 redis.call("HSET", KEYS[5], "status", ARGV[4], "finished_at", ARGV[5])
 if ARGV[8] ~= "" then
@@ -41,7 +42,7 @@ redis.call("LPOP", KEYS[2])
 local attempt = tonumber(ARGV[11])
 if ARGV[10] ~= "" then
   redis.call("XADD", KEYS[6], "*", "type", "delta",
-    "data", cjson.encode({attempt = attempt, text = ARGV[10]}))
+    "data", cjson.encode({attempt = attempt, try = tonumber(ARGV[12]), text = ARGV[10]}))
 end
 redis.call("XADD", KEYS[6], "*", "type", "final",
   "data", cjson.encode({status = ARGV[4], seq = seq, attempt = attempt}))

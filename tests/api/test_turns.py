@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis
 from fastapi.testclient import TestClient
 
@@ -91,3 +93,18 @@ def test_metrics_count_accepted_turns_and_time_requests_by_route(api: TestClient
         f'chatlane_http_request_duration_seconds_count{{method="POST",{route},status="422"}} 1.0'
         in text
     )
+
+
+def test_a_turn_is_accepted_even_when_the_wake_up_cannot_be_sent(
+    make_settings: Any, client: redis.Redis
+) -> None:
+    from api.main import create_app
+    from shared.redis_server import free_port
+
+    settings: Settings = make_settings(broker_url=f"redis://127.0.0.1:{free_port()}/0")
+    with TestClient(create_app(settings), raise_server_exceptions=False) as api:
+        response = api.post("/v1/sessions/s/turns", json={"content": "kept"})
+        assert response.status_code == 202, response.text
+        assert "chatlane_wakeups_failed_total 1.0" in api.get("/metrics").text
+    keys = SessionKeys(settings.key_prefix, settings.default_tenant, "s")
+    assert client.lrange(keys.mailbox, 0, -1) == [response.json()["id"]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 import redis
@@ -233,3 +234,51 @@ def test_sessions_share_no_keys_and_each_session_maps_to_one_slot(settings: Sett
     keys_b = [b.meta, b.mailbox, b.history, b.lock, b.turn("t"), b.events("t"), b.idempotency("k")]
     assert not set(keys_a) & set(keys_b)
     assert len({key_slot(k.encode()) for k in keys_a}) == 1
+
+
+def test_a_delta_from_a_worker_that_lost_the_lock_is_not_written(
+    client: redis.Redis, scripts: Scripts, settings: Settings, keys: SessionKeys
+) -> None:
+    from shared.errors import LockLost
+    from shared.events import DeltaWriter
+
+    turn_id = _accept(client, scripts, settings, keys, "hi")
+    assert mailbox.begin(scripts, keys, "tok-a", settings) is not None
+    writer = DeltaWriter(scripts, keys, "tok-a", turn_id, attempt=1, flush_s=0)
+    writer.write("mine ")
+    client.set(keys.lock, "tok-b")  # paused past the lease; another worker took over
+    before = client.xlen(keys.events(turn_id))
+
+    with pytest.raises(LockLost):
+        writer.write("stale")
+
+    assert client.xlen(keys.events(turn_id)) == before
+
+
+def test_begin_refreshes_the_whole_sessions_expiry(
+    client: redis.Redis, scripts: Scripts, make_settings: Any, keys: SessionKeys
+) -> None:
+    short: Settings = make_settings(session_ttl_s=100, key_prefix=keys.prefix)
+    long: Settings = make_settings(session_ttl_s=10_000, key_prefix=keys.prefix)
+    client.rpush(keys.history, "{}")
+    turn_id = _accept(client, scripts, short, keys, "hi")
+    assert mailbox.begin(scripts, keys, "tok", long) is not None
+    for key in (keys.history, keys.mailbox, keys.meta, keys.turn(turn_id), keys.events(turn_id)):
+        assert client.ttl(key) > 100, key
+
+
+def test_renudges_back_off_until_a_worker_begins(
+    client: redis.Redis, scripts: Scripts, settings: Settings, keys: SessionKeys
+) -> None:
+    def renudge() -> int:
+        return int(scripts.renudge(keys=[keys.nudged, keys.meta], args=[1000, 60_000]))
+
+    assert renudge() == 1
+    assert renudge() == 0  # one outstanding at a time
+    client.delete(keys.nudged)  # the first wait ran out
+    assert renudge() == 2
+    assert 1000 < client.pttl(keys.nudged) <= 2000  # twice as long as the first
+    _accept(client, scripts, settings, keys, "x")
+    assert mailbox.begin(scripts, keys, "tok", settings) is not None
+    assert client.exists(keys.nudged) == 0
+    assert renudge() == 1  # the backoff starts over

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -147,3 +148,26 @@ def test_the_heartbeat_keeps_the_lock_through_a_model_call_longer_than_the_lease
     assert report.committed == 1 and not report.lost_lock
     turn = Turn.from_record(client.hgetall(keys.turn(turn_id)))
     assert turn.status == "completed" and turn.attempt == 1
+
+
+def test_a_head_refused_twice_is_left_to_the_sweeper_instead_of_spinning(
+    client: redis.Redis, scripts: Scripts, settings: Settings, make_deps: DepsFactory
+) -> None:
+    class Refusing:
+        """The real scripts, except that every commit is refused as out of order."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(scripts, name)
+
+        def commit(self, **_: Any) -> list[str]:
+            return ["OUT_OF_ORDER"]
+
+    keys = SessionKeys(settings.key_prefix, "default", "refused")
+    mailbox.accept(client, scripts, settings, keys, input_doc={"content": "x"})
+    deps = dataclasses.replace(make_deps(settings), scripts=Refusing())
+
+    report = drain_session(deps, "default", "refused")
+
+    assert report.committed == 0
+    assert client.get(keys.lock) is None  # released for a fresh worker
+    assert client.llen(keys.mailbox) == 1
