@@ -8,6 +8,7 @@ lives in Redis and the Celery message is only a wake-up call).
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from typing import Any
@@ -85,6 +86,14 @@ app = create_celery(Settings())
 def settings_of(celery_app: Any) -> Settings:
     settings: Settings = celery_app.conf.chatlane_settings
     return settings
+
+
+@signals.after_setup_logger.connect
+def _quiet_per_task_logs(**_: Any) -> None:
+    """Drop Celery's two INFO lines per task ("received", "succeeded"): at hundreds of
+    turns per second they cost CPU and say nothing a turn record does not."""
+    for name in ("celery.app.trace", "celery.worker.strategy"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 @signals.worker_ready.connect
