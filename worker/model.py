@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from email.utils import parsedate_to_datetime
 
 import httpx
+import openai
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
 
@@ -58,20 +59,15 @@ def classify(exc: BaseException) -> TransientModelError | None:
     """Map a failure to a retryable error, or None when retrying cannot help (e.g. a 400)."""
     if isinstance(exc, TransientModelError):
         return exc
-    try:
-        import openai
-    except ImportError:  # pragma: no cover - langchain-openai depends on openai
-        openai = None  # type: ignore[assignment]
-    if openai is not None:
-        if isinstance(exc, openai.APIStatusError):
-            status = exc.status_code
-            if status == 429 or status == 408 or status >= 500:
-                return TransientModelError(
-                    f"model answered {status}", _retry_after_s(exc.response.headers)
-                )
-            return None
-        if isinstance(exc, openai.APIConnectionError):  # includes APITimeoutError
-            return TransientModelError(f"model unreachable: {type(exc).__name__}")
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        if status in (408, 409, 429) or status >= 500:
+            return TransientModelError(
+                f"model answered {status}", _retry_after_s(exc.response.headers)
+            )
+        return None
+    if isinstance(exc, openai.APIConnectionError):  # includes APITimeoutError
+        return TransientModelError(f"model unreachable: {type(exc).__name__}")
     if isinstance(exc, httpx.TimeoutException | httpx.TransportError | TimeoutError):
         return TransientModelError(f"model unreachable: {type(exc).__name__}")
     return None
