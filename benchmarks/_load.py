@@ -31,7 +31,10 @@ Turn = tuple[SessionKeys, str]
 
 
 def enqueue_turns(
-    client: redis.Redis, settings: Settings, sessions: Sequence[str], per_session: int,
+    client: redis.Redis,
+    settings: Settings,
+    sessions: Sequence[str],
+    per_session: int,
     batch: int,
 ) -> tuple[list[Turn], int]:
     """Accept ``per_session`` turns in each session (the k-th turn of every session before
@@ -47,8 +50,9 @@ def enqueue_turns(
         pipe = client.pipeline(transaction=False)
         for session in order[i : i + batch]:
             keys = SessionKeys(settings.key_prefix, settings.default_tenant, session)
-            call = AcceptCall.build(settings, keys, kind="message",
-                                    input_doc={"content": "hello"}, idempotency_key=None)
+            call = AcceptCall.build(
+                settings, keys, kind="message", input_doc={"content": "hello"}, idempotency_key=None
+            )
             pipe.zadd(active, {keys.member: now_ms()})
             pipe.evalsha(script.sha, len(call.keys), *call.keys, *call.args)
             calls.append((keys, call))
@@ -105,13 +109,22 @@ class InFlight:
 
     def summary(self) -> dict[str, float]:
         busy = [s for s in self.samples if s > 0] or [0]
-        return {"in_flight_median": float(statistics.median(busy)),
-                "in_flight_max": float(max(busy))}
+        return {
+            "in_flight_median": float(statistics.median(busy)),
+            "in_flight_max": float(max(busy)),
+        }
 
 
 def chatlane_batch(
-    client: redis.Redis, settings: Settings, *, turns: int, per_session: int, batch: int,
-    tag: str, pids: dict[str, int], timeout_s: float = 300,
+    client: redis.Redis,
+    settings: Settings,
+    *,
+    turns: int,
+    per_session: int,
+    batch: int,
+    tag: str,
+    pids: dict[str, int],
+    timeout_s: float = 300,
 ) -> dict[str, float]:
     """One round: ``turns`` turns over ``turns // per_session`` fresh sessions."""
     sessions = [f"{tag}-s{i}" for i in range(turns // per_session)]
@@ -119,18 +132,31 @@ def chatlane_batch(
     with InFlight(client) as flight:
         start = time.time()
         accepted, nudges = enqueue_turns(client, settings, sessions, per_session, batch)
-        idle_at = wait_until(broker_idle(client, settings.queue), timeout_s=timeout_s,
-                             what="chatlane drains")
+        idle_at = wait_until(
+            broker_idle(client, settings.queue), timeout_s=timeout_s, what="chatlane drains"
+        )
     done, last_ms = completed(client, accepted)
     if done != len(accepted):
         raise RuntimeError(f"only {done} of {len(accepted)} turns completed")
-    return _row(len(accepted), max(idle_at, last_ms / 1000) - start, meters,
-                tasks=nudges, extra=flight.summary())
+    return _row(
+        len(accepted),
+        max(idle_at, last_ms / 1000) - start,
+        meters,
+        tasks=nudges,
+        extra=flight.summary(),
+    )
 
 
 def celery_batch(
-    client: redis.Redis, queue: str, *, task: str, args: Callable[[int], list[Any]], count: int,
-    batch: int, pids: dict[str, int], timeout_s: float = 300,
+    client: redis.Redis,
+    queue: str,
+    *,
+    task: str,
+    args: Callable[[int], list[Any]],
+    count: int,
+    batch: int,
+    pids: dict[str, int],
+    timeout_s: float = 300,
 ) -> dict[str, float]:
     """One round: ``count`` raw Celery tasks ``task(*args(n))``."""
     meters = {role: CpuMeter([pid]).start() for role, pid in pids.items()}
@@ -145,16 +171,25 @@ def celery_batch(
     return _row(count, end - start, meters, tasks=count, extra=flight.summary())
 
 
-def _row(n: int, elapsed: float, meters: dict[str, CpuMeter], *, tasks: int,
-         extra: dict[str, float]) -> dict[str, float]:
-    out = {"n": float(n), "seconds": elapsed, "per_s": n / elapsed, "tasks_per_item": tasks / n,
-           **extra}
-    workers = 0.0
+def _row(
+    n: int, elapsed: float, meters: dict[str, CpuMeter], *, tasks: int, extra: dict[str, float]
+) -> dict[str, float]:
+    out = {
+        "n": float(n),
+        "seconds": elapsed,
+        "per_s": n / elapsed,
+        "tasks_per_item": tasks / n,
+        **extra,
+    }
+    workers = user = 0.0
     for role, meter in meters.items():
         meter.stop()
         out[f"cpu_ms_{role}"] = meter.cpu_s * 1000 / n
         if role.startswith("worker"):
             workers += meter.cpu_s * 1000 / n
+            user += meter.user_s * 1000 / n
     out["cpu_ms_workers"] = workers
+    out["cpu_user_ms_workers"] = user
+    out["cpu_sys_ms_workers"] = workers - user
     out["cpu_util_workers"] = workers * n / 1000 / elapsed
     return out

@@ -28,8 +28,10 @@ from typing import Any
 import celery
 import redis
 
+from shared.processes import spawn, stop_all, worker_command
 from shared.redis_server import find_binary
-from tests.support.cluster import ROOT, Cluster
+from shared.settings import Settings
+from tests.support.cluster import ROOT, settings_env
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
@@ -59,11 +61,16 @@ def medians(rounds: Sequence[Mapping[str, float]]) -> dict[str, float]:
 # --------------------------------------------------------------------------- /proc
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process, all its threads included."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of a process, all its threads included."""
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat.rsplit(")", 1)[1].split()  # fields[0] is field 3 (state) of proc(5)
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    return int(fields[11]) / _CLK_TCK, int(fields[12]) / _CLK_TCK
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads included."""
+    return sum(cpu_times(pid))
 
 
 def memory_kib(pid: int) -> dict[str, int]:
@@ -77,25 +84,32 @@ def memory_kib(pid: int) -> dict[str, int]:
 
 
 class CpuMeter:
-    """CPU seconds consumed by a set of processes between ``start()`` and ``stop()``."""
+    """CPU seconds (user, system) used by a set of processes between ``start()`` and ``stop()``."""
 
     def __init__(self, pids: Sequence[int]) -> None:
         self.pids = list(pids)
         self._t0 = 0.0
-        self._cpu0 = 0.0
+        self._at0 = (0.0, 0.0)
         self.wall_s = 0.0
-        self.cpu_s = 0.0
+        self.user_s = 0.0
+        self.sys_s = 0.0
 
-    def _cpu(self) -> float:
-        return sum(cpu_seconds(p) for p in self.pids)
+    def _times(self) -> tuple[float, float]:
+        times = [cpu_times(p) for p in self.pids]
+        return sum(t[0] for t in times), sum(t[1] for t in times)
+
+    @property
+    def cpu_s(self) -> float:
+        return self.user_s + self.sys_s
 
     def start(self) -> CpuMeter:
-        self._cpu0 = self._cpu()
+        self._at0 = self._times()
         self._t0 = time.monotonic()
         return self
 
     def stop(self) -> CpuMeter:
-        self.cpu_s = self._cpu() - self._cpu0
+        user, system = self._times()
+        self.user_s, self.sys_s = user - self._at0[0], system - self._at0[1]
         self.wall_s = time.monotonic() - self._t0
         return self
 
@@ -103,29 +117,64 @@ class CpuMeter:
 # --------------------------------------------------------------------------- processes
 
 
-class BaselineCluster(Cluster):
-    """Raw Celery workers of ``benchmarks.celery_baseline``, started exactly like chatlane's.
+def baseline_command(*extra: str) -> list[str]:
+    """chatlane's worker command line (``shared.processes.worker_command``) with only the app
+    swapped for ``benchmarks.celery_baseline``: same interpreter, flags and log level."""
+    cmd = worker_command(*extra)
+    cmd[cmd.index("worker.app")] = "benchmarks.celery_baseline"
+    return cmd
 
-    Same interpreter, command line flags (``-l info --without-gossip --without-mingle``),
-    environment and readiness check as ``tests.support.cluster.Cluster``; only ``-A``
-    differs. No API process.
+
+class BaselineCluster:
+    """``workers`` raw Celery worker processes (``benchmarks.celery_baseline``).
+
+    Same environment as ``tests.support.cluster.Cluster`` builds for chatlane's workers
+    (``settings_env`` + ``CHATLANE_WORKER_CONCURRENCY``); each must list the ``bench.*``
+    tasks when it boots, so a baseline can never silently be some other app.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["api"] = False
-        super().__init__(*args, **kwargs)
+    def __init__(self, settings: Settings, logs: Path, *, workers: int, concurrency: int) -> None:
+        self.logs = logs
+        self.workers = workers
+        self.worker_procs: list[subprocess.Popen[bytes]] = []
+        self._env = {
+            **os.environ,
+            **settings_env(settings),
+            "CHATLANE_WORKER_CONCURRENCY": str(concurrency),
+            "PYTHONUNBUFFERED": "1",
+        }
 
-    def start_worker(self, name: str) -> subprocess.Popen[bytes]:
-        with (self.logs / f"{name}.log").open("wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "benchmarks.celery_baseline", "worker",
-                 "-n", f"{name}@%h", "-l", "info", "--without-gossip", "--without-mingle"],
-                cwd=ROOT, env=self._env, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        self.worker_procs.append(proc)
-        self._wait_for_log(self.logs / f"{name}.log", b" ready.", proc)
-        return proc
+    def log_paths(self) -> list[Path]:
+        return [self.logs / f"base{i + 1}.log" for i in range(self.workers)]
+
+    def __enter__(self) -> BaselineCluster:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        try:
+            for i, path in enumerate(self.log_paths()):
+                cmd = baseline_command("-n", f"base{i + 1}@%h")
+                self.worker_procs.append(spawn(cmd, self._env, log=path, cwd=ROOT))
+            for proc, path in zip(self.worker_procs, self.log_paths(), strict=True):
+                wait_for_log(path, b" ready.", proc)
+                if b". bench.noop" not in path.read_bytes():
+                    raise RuntimeError(f"{path.name}: the baseline worker lacks bench.* tasks")
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        stop_all(self.worker_procs, grace_s=15)
+
+
+def wait_for_log(path: Path, marker: bytes, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if marker in path.read_bytes():
+            return
+        if proc.poll() is not None:
+            raise RuntimeError(f"{path.name} exited early:\n{path.read_text()[-3000:]}")
+        time.sleep(0.1)
+    raise TimeoutError(f"{path.name} never became ready:\n{path.read_text()[-3000:]}")
 
 
 def logs_dir(name: str) -> Path:
@@ -170,6 +219,123 @@ def broker_idle(client: redis.Redis, queue: str) -> Callable[[], bool]:
     return check
 
 
+# --------------------------------------------------------------------------- profiles
+
+PY_SPY = Path(sys.executable).with_name("py-spy")
+
+
+class Profiler:
+    """With ``--profile``: py-spy samples the given processes while the rounds run.
+
+    ``--gil`` keeps only samples of the thread holding the GIL, i.e. Python CPU time: in
+    this VM py-spy's idle detection does not work (threads parked in ``Event.wait`` are
+    sampled as active), so plain samples would mostly show waiting. Time in system calls
+    (socket sends) releases the GIL and shows up in the /proc system time instead.
+    Profiling costs CPU on a 2-core machine: reported numbers come from runs without it.
+    Raw collapsed stacks and a summary land in ``benchmarks/results/profiles/<bench>/``.
+    """
+
+    def __init__(self, bench: str, pids: Mapping[str, int], *, enabled: bool) -> None:
+        self.enabled = enabled
+        self.dir = RESULTS_DIR / "profiles" / bench
+        self.pids = dict(pids)
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.summaries: dict[str, dict[str, Any]] = {}
+
+    def __enter__(self) -> Profiler:
+        if not self.enabled:
+            return self
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for role, pid in self.pids.items():
+            self._procs[role] = subprocess.Popen(
+                [
+                    str(PY_SPY),
+                    "record",
+                    "--pid",
+                    str(pid),
+                    "--rate",
+                    "97",
+                    "--gil",
+                    "--nonblocking",
+                    "--format",
+                    "raw",
+                    "--output",
+                    str(self.dir / f"{role}.txt"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL,
+            )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self._procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        for role, proc in self._procs.items():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            path = self.dir / f"{role}.txt"
+            if path.exists():
+                self.summaries[role] = summarize_profile(path)
+                lines = [f"{v:5.1f}%  {k}" for k, v in self.summaries[role]["self"].items()]
+                lines += ["", "inclusive:"]
+                lines += [f"{v:5.1f}%  {k}" for k, v in self.summaries[role]["inclusive"].items()]
+                (self.dir / f"{role}.summary.txt").write_text("\n".join(lines) + "\n")
+        if self._procs:
+            log(f"profiles in {self.dir.relative_to(ROOT)}")
+
+
+def summarize_profile(path: Path, top: int = 40) -> dict[str, Any]:
+    """Self and inclusive shares (percent of GIL-holding samples) per function."""
+    selfs: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(count_text)
+        total += count
+        frames = [_function(f) for f in stack.split(";")]
+        selfs[frames[-1]] = selfs.get(frames[-1], 0) + count
+        for name in set(frames):
+            incl[name] = incl.get(name, 0) + count
+
+    def best(counts: dict[str, int]) -> dict[str, float]:
+        ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
+        return {k: round(100 * v / total, 1) for k, v in ranked}
+
+    return {"samples": total, "self": best(selfs), "inclusive": best(incl)}
+
+
+def attribute(
+    paths: Sequence[Path], rules: Sequence[tuple[str, Sequence[str]]]
+) -> dict[str, float]:
+    """Share (percent) of profile samples per component: a stack belongs to the first rule
+    all of whose substrings it contains; the rest is ``other``."""
+    counts = {label: 0 for label, _ in rules} | {"other": 0}
+    total = 0
+    for path in paths:
+        for line in path.read_text().splitlines():
+            stack, _, count_text = line.rpartition(" ")
+            if not stack:
+                continue
+            total += int(count_text)
+            label = next((lb for lb, needles in rules if all(n in stack for n in needles)), "other")
+            counts[label] += int(count_text)
+    return {label: 100 * n / max(total, 1) for label, n in counts.items()}
+
+
+def _function(frame: str) -> str:
+    """``name (path/file.py:123)`` -> ``name (path/file.py)``."""
+    name, _, where = frame.partition(" (")
+    return f"{name} ({where.rsplit(':', 1)[0]})" if where else name
+
+
 # --------------------------------------------------------------------------- run wrapper
 
 
@@ -177,6 +343,11 @@ def add_common_args(parser: argparse.ArgumentParser, *, rounds: int = 3, max_s: 
     parser.add_argument("--rounds", type=int, default=rounds, help="rounds per measurement (>=3)")
     parser.add_argument(
         "--max-seconds", type=int, default=max_s, help="hard time bound; everything is stopped"
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy (--gil) the chatlane processes during the rounds (skews the numbers)",
     )
 
 
@@ -218,7 +389,15 @@ def machine() -> dict[str, Any]:
     redis_version = subprocess.run(
         [find_binary(), "--version"], capture_output=True, text=True, check=False
     ).stdout.strip()
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
+        return done.stdout.strip()
+
+    dirty = git("status", "--porcelain", "--", "api", "worker", "shared")
     return {
+        "commit": git("rev-parse", "--short", "HEAD")
+        + (" + uncommitted product changes" if dirty else ""),
         "cores": os.cpu_count(),
         "cpu": model,
         "kernel": platform.release(),
@@ -253,7 +432,9 @@ class Report:
 
     name: str
     args: dict[str, Any]
-    started: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    started: str = field(
+        default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    )
     machine: dict[str, Any] = field(default_factory=machine)
     tables: list[tuple[str, list[str], list[list[Any]]]] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
@@ -270,7 +451,10 @@ class Report:
         return " ".join([".venv/bin/python -m", f"benchmarks.{self.name}", *sys.argv[1:]])
 
     def render(self) -> str:
-        parts = [f"## {self.name}", "", f"`{self.command()}` — {self.started}", ""]
+        when = f"{self.started}, commit {self.machine['commit']}"
+        parts = [f"## {self.name}", "", f"`{self.command()}` — {when}", ""]
+        if int(self.args.get("rounds", 3)) < 3:
+            parts += ["**Fewer than 3 rounds: indicative only.**", ""]
         for title, headers, rows in self.tables:
             parts += [f"**{title}**", "", markdown_table(headers, rows), ""]
         if self.goals:
@@ -290,7 +474,10 @@ class Report:
             "started": self.started,
             "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "args": self.args,
-            "machine": {**self.machine, "loadavg_at_end": Path("/proc/loadavg").read_text().split()[:3]},
+            "machine": {
+                **self.machine,
+                "loadavg_at_end": Path("/proc/loadavg").read_text().split()[:3],
+            },
             "tables": [{"title": t, "headers": h, "rows": r} for t, h, r in self.tables],
             "goals": self.goals,
             "data": self.data,
@@ -327,3 +514,8 @@ class KeepAlive:
 
 def redis_pid(client: redis.Redis) -> int:
     return int(client.info("server")["process_id"])
+
+
+def ratio(numerator: float, denominator: float) -> float:
+    """``numerator / denominator``, NaN (printed ``n/a``) when the denominator is 0."""
+    return numerator / denominator if denominator else math.nan

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 
 from shared.nudge import drain_message
 from shared.settings import Settings
@@ -70,6 +71,33 @@ def create_baseline(settings: Settings) -> Celery:
         time.sleep(seconds)
 
     return app
+
+
+@signals.after_setup_logger.connect
+def _quiet_per_task_logs(**_: Any) -> None:
+    """The same as chatlane's worker (``worker/app.py``): no INFO line per task received or
+    succeeded, so neither side pays for logging the other does not."""
+    for name in ("celery.app.trace", "celery.worker.strategy"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def tasks_run(settings: Settings, task: str) -> int:
+    """How many ``task`` runs the live baseline workers started (Celery's own counters, via
+    ``inspect().stats()``): proof that the baseline really ran what was sent."""
+    app = create_baseline(settings)
+    try:
+        stats = app.control.inspect(timeout=5).stats() or {}
+    finally:
+        app.close()
+    return sum(int(s.get("total", {}).get(task, 0)) for s in stats.values())
+
+
+def verify_ran(settings: Settings, task: str, sent: int) -> int:
+    """Raise unless the live baseline workers ran exactly ``sent`` ``task``s; return it."""
+    ran = tasks_run(settings, task)
+    if ran != sent:
+        raise RuntimeError(f"the Celery baseline ran {ran} {task} tasks, {sent} were sent")
+    return ran
 
 
 def task_message(queue: str, task: str, args: Sequence[Any]) -> str:
