@@ -47,20 +47,26 @@ async def accepted_turn(
     input_doc: dict[str, Any] | None,
     wait_s: float,
 ) -> Turn:
-    """The turn as the accepting request answers it, after waiting if asked to."""
-    if accepted.replayed or wait_s > 0:
+    """The turn as the accepting request answers it, after waiting if asked to.
+
+    A fresh turn is not read back: it is exactly what ``accept.lua`` wrote, and its
+    final event carries everything the finished turn adds.
+    """
+    if accepted.replayed:
         return await read_turn_waiting(state, keys, accepted.turn_id, wait_s)
-    return fresh_turn(keys, accepted, kind, input_doc)
+    return await _wait(state, keys, fresh_turn(keys, accepted, kind, input_doc), wait_s)
 
 
 async def read_turn_waiting(
     state: AppState, keys: SessionKeys, turn_id: str, wait_s: float
 ) -> Turn:
     """The turn, after waiting up to ``wait_s`` seconds for it to reach a terminal status."""
-    turn = await read_turn(state, keys, turn_id)
+    return await _wait(state, keys, await read_turn(state, keys, turn_id), wait_s)
+
+
+async def _wait(state: AppState, keys: SessionKeys, turn: Turn, wait_s: float) -> Turn:
     wait_s = min(wait_s, state.settings.max_wait_s)
     if turn.is_terminal or wait_s <= 0:
         return turn
-    if await wait_for_final(state.redis, keys, turn_id, wait_s):
-        return await read_turn(state, keys, turn_id)
-    return turn
+    final = await wait_for_final(state.redis, keys, turn.id, wait_s)
+    return turn.finished_as(final) if final is not None else turn

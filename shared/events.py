@@ -71,11 +71,14 @@ class DeltaWriter:
         return tail
 
 
-async def wait_for_final(client: Any, keys: SessionKeys, turn_id: str, timeout_s: float) -> bool:
+async def wait_for_final(
+    client: Any, keys: SessionKeys, turn_id: str, timeout_s: float
+) -> dict[str, Any] | None:
     """Block (asyncio) until the turn's final event exists or ``timeout_s`` passes.
 
     Reads the stream from its start, so a final event written before the call is seen:
-    no notification can be missed. Returns True when the final event was seen.
+    no notification can be missed. Returns the final event's data (status, attempt,
+    timestamps, output or error), or None when the time ran out.
     """
     key = keys.events(turn_id)
     deadline = time.monotonic() + timeout_s
@@ -83,12 +86,13 @@ async def wait_for_final(client: Any, keys: SessionKeys, turn_id: str, timeout_s
     while True:
         remaining_ms = int((deadline - time.monotonic()) * 1000)
         if remaining_ms <= 0:
-            return False
+            return None
         reply = await client.xread({key: last_id}, count=256, block=remaining_ms)
         if not reply:
-            return False
+            return None
         for _stream, entries in reply:
             for entry_id, fields in entries:
                 last_id = entry_id
                 if fields.get("type") == FINAL:
-                    return True
+                    final: dict[str, Any] = json.loads(fields["data"])
+                    return final

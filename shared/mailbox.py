@@ -132,6 +132,7 @@ class Head:
     seq: int
     input: dict[str, Any] | None
     attempt: int
+    started_ms: int
     history: list[dict[str, Any]]
 
 
@@ -140,13 +141,14 @@ def begin(scripts: Any, keys: SessionKeys, token: str, settings: Settings) -> He
 
     Raises ``SessionBusy`` when another worker holds the lock. One round trip.
     """
+    started_ms = now_ms()
     reply = scripts.begin(
         keys=[keys.lock, keys.mailbox, keys.history, keys.meta, keys.nudged],
         args=[
             token,
             settings.lock_ttl_ms,
             settings.history_window,
-            now_ms(),
+            started_ms,
             keys.turn_prefix,
             keys.events_prefix,
             settings.session_ttl_ms,
@@ -163,6 +165,7 @@ def begin(scripts: Any, keys: SessionKeys, token: str, settings: Settings) -> He
         seq=int(reply[3]),
         input=json.loads(reply[4]) if reply[4] else None,
         attempt=int(reply[5]),
+        started_ms=started_ms,
         history=[json.loads(doc) for doc in reply[6:]],
     )
 
@@ -193,6 +196,23 @@ def commit(
     nothing was written. One round trip.
     """
     dumps = json.dumps
+    finished_ms = now_ms()
+    output = dumps(outcome.output) if outcome.output is not None else ""
+    error = dumps(outcome.error) if outcome.error is not None else ""
+    final: dict[str, Any] = {
+        "status": outcome.status,
+        "seq": head.seq,
+        "attempt": head.attempt,
+        "started_at": head.started_ms,
+        "finished_at": finished_ms,
+    }
+    if outcome.output is not None:
+        final["output"] = outcome.output
+    if outcome.error is not None:
+        final["error"] = outcome.error
+    tail = ""
+    if outcome.tail_delta:
+        tail = dumps({"attempt": head.attempt, "try": outcome.tail_try, "text": outcome.tail_delta})
     reply = scripts.commit(
         keys=[
             keys.lock,
@@ -207,14 +227,14 @@ def commit(
             head.turn_id,
             head.seq,
             outcome.status,
-            now_ms(),
+            finished_ms,
             settings.session_ttl_ms,
             settings.lock_ttl_ms,
-            dumps(outcome.output) if outcome.output is not None else "",
-            dumps(outcome.error) if outcome.error is not None else "",
-            outcome.tail_delta,
-            head.attempt,
-            outcome.tail_try,
+            output,
+            error,
+            tail,
+            dumps(final),
+            settings.events_ttl_ms,
             *(dumps(m, separators=(",", ":")) for m in outcome.messages),
         ],
     )

@@ -70,6 +70,19 @@ class Turn(BaseModel):
             finished_at=_from_ms(record["finished_at"]) if "finished_at" in record else None,
         )
 
+    def finished_as(self, final: dict[str, Any]) -> Turn:
+        """This turn updated with its final event's data (as ``commit.lua`` wrote it)."""
+        return self.model_copy(
+            update={
+                "status": final["status"],
+                "attempt": final["attempt"],
+                "output": TurnOutput(**final["output"]) if "output" in final else None,
+                "error": TurnError(**final["error"]) if "error" in final else None,
+                "started_at": _from_ms(final["started_at"]),
+                "finished_at": _from_ms(final["finished_at"]),
+            }
+        )
+
 
 class Message(BaseModel):
     """One history entry, in LangChain's ``message_to_dict`` shape."""
@@ -87,7 +100,7 @@ class MessagesPage(BaseModel):
     has_more: bool
 
 
-def _from_ms(value: str) -> datetime:
+def _from_ms(value: str | int) -> datetime:
     return datetime.fromtimestamp(int(value) / 1000, tz=UTC)
 
 

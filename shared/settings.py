@@ -33,6 +33,7 @@ class Settings(BaseSettings):
 
     history_window: int = Field(default=20, ge=0)
     session_ttl_s: int = Field(default=7 * 24 * 3600, ge=1)
+    events_ttl_s: int = Field(default=3600, ge=1)
     lock_ttl_s: float = Field(default=30.0, gt=0.3)
     sweep_interval_s: float = Field(default=5.0, gt=0)
     model_timeout_s: float = Field(default=60.0, gt=0)
@@ -70,6 +71,11 @@ class Settings(BaseSettings):
     @property
     def session_ttl_ms(self) -> int:
         return self.session_ttl_s * 1000
+
+    @property
+    def events_ttl_ms(self) -> int:
+        """A finished turn's event stream is kept this long (never beyond the session)."""
+        return min(self.events_ttl_s, self.session_ttl_s) * 1000
 
     @property
     def visibility_timeout_s(self) -> int:

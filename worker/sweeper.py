@@ -21,6 +21,12 @@ log = logging.getLogger(__name__)
 
 Nudge = Callable[[str, str], None]
 MAX_RENUDGE_WAIT_MS = 15 * 60 * 1000
+BATCH = 500
+
+
+def _raw_score(value: bytes | str) -> str:
+    """The score exactly as Redis printed it, as ``forget.lua`` will see it from ZSCORE."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class Sweep:
@@ -34,47 +40,61 @@ class Sweep:
         self._idle: dict[str, str] = {}
 
     def once(self) -> int:
-        """One pass over the active-session index; returns how many sessions were nudged.
+        """One pass over the sessions not accepted into lately; returns how many were nudged.
 
-        A session leaves the index only when two passes in a row saw it idle (no lock,
-        nothing pending) with the same score, and ``forget.lua`` confirms the score is
-        still unchanged: no clock comparison between hosts is involved.
+        Sessions accepted into within the grace period are not even read: their own
+        wake-up is fresh. A session leaves the index only when two passes in a row saw it
+        idle (no lock, nothing pending) with the same score, and ``forget.lua`` confirms
+        the score is still unchanged: no clock comparison between hosts is involved.
         """
-        client, settings = self._client, self._settings
+        client, scripts, settings = self._client, self._scripts, self._settings
         index = GlobalKeys(settings.key_prefix).active
-        grace_ms = int(settings.sweep_interval_s * 1000) * 2
-        now = now_ms()
+        cutoff = now_ms() - int(settings.sweep_interval_s * 1000) * 2
         idle: dict[str, str] = {}
-        nudged = 0
-        cursor = 0
+        forget: list[tuple[str, str]] = []
+        stalled: list[SessionKeys] = []
+        offset = 0
         while True:
-            cursor, batch = client.zscan(index, cursor=cursor, count=500, score_cast_func=str)
-            if batch:
-                sessions = [SessionKeys(settings.key_prefix, *parse_member(m)) for m, _ in batch]
-                pipe = client.pipeline(transaction=False)
-                for keys in sessions:
-                    pipe.exists(keys.lock)
-                    pipe.llen(keys.mailbox)
-                states = pipe.execute()
-                for i, (member, score) in enumerate(batch):
-                    locked, pending = states[2 * i], states[2 * i + 1]
-                    keys = sessions[i]
-                    if locked:
-                        continue  # a live holder drains it
-                    if not pending:
-                        if self._idle.get(member) == score:
-                            self._scripts.forget(keys=[index], args=[member, score])
-                        else:
-                            idle[member] = score
-                    elif now - int(float(score)) > grace_ms and self._scripts.renudge(
-                        keys=[keys.nudged, keys.meta],
-                        args=[settings.lock_ttl_ms, MAX_RENUDGE_WAIT_MS],
-                    ):
-                        self._nudge(keys.tenant, keys.session)
-                        nudged += 1
-            if cursor == 0:
-                self._idle = idle
-                return nudged
+            batch = client.zrange(
+                index, "-inf", cutoff, byscore=True, offset=offset, num=BATCH,
+                withscores=True, score_cast_func=_raw_score,
+            )  # fmt: skip
+            offset += len(batch)
+            sessions = [SessionKeys(settings.key_prefix, *parse_member(m)) for m, _ in batch]
+            pipe = client.pipeline(transaction=False)
+            for keys in sessions:
+                pipe.exists(keys.lock)
+                pipe.llen(keys.mailbox)
+            states = pipe.execute() if sessions else []
+            for i, (member, score) in enumerate(batch):
+                locked, pending = states[2 * i], states[2 * i + 1]
+                if locked:
+                    continue  # a live holder drains it
+                if pending:
+                    stalled.append(sessions[i])
+                elif self._idle.get(member) == score:
+                    forget.append((member, score))
+                else:
+                    idle[member] = score
+            if len(batch) < BATCH:
+                break
+        self._idle = idle
+        pipe = client.pipeline(transaction=False)
+        for member, score in forget:
+            scripts.forget(keys=[index], args=[member, score], client=pipe)
+        for keys in stalled:
+            scripts.renudge(
+                keys=[keys.nudged, keys.meta],
+                args=[settings.lock_ttl_ms, MAX_RENUDGE_WAIT_MS],
+                client=pipe,
+            )
+        results = pipe.execute() if forget or stalled else []
+        nudged = 0
+        for keys, allowed in zip(stalled, results[len(forget) :], strict=True):
+            if allowed:
+                self._nudge(keys.tenant, keys.session)
+                nudged += 1
+        return nudged
 
 
 class Sweeper:

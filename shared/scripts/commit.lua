@@ -5,8 +5,10 @@
 -- KEYS[5] turn     KEYS[6] events
 -- ARGV[1] token    ARGV[2] turn id   ARGV[3] seq   ARGV[4] status ("completed" | "failed")
 -- ARGV[5] now (ms) ARGV[6] session TTL (ms)   ARGV[7] lock TTL (ms)
--- ARGV[8] output JSON or ""   ARGV[9] error JSON or ""   ARGV[10] unsent token delta or ""
--- ARGV[11] attempt   ARGV[12] model try of the unsent delta
+-- ARGV[8] output JSON or ""   ARGV[9] error JSON or ""
+-- ARGV[10] data of a last "delta" event (unsent streamed text) or ""
+-- ARGV[11] data of the "final" event (the whole result, so readers need no second read)
+-- ARGV[12] how long the event stream is kept from now (ms)
 -- ARGV[13..] message JSON documents to append to history
 -- Returns {"OK", released (0|1)} | {"NOT_OWNER"} | {"DUPLICATE"} | {"OUT_OF_ORDER"}.
 -- Only "OK" writes anything. The mailbox is in acceptance order, so "the next expected
@@ -39,19 +41,16 @@ end
 redis.call("HSET", KEYS[4], "done_seq", seq)
 redis.call("LPOP", KEYS[2])
 
-local attempt = tonumber(ARGV[11])
 if ARGV[10] ~= "" then
-  redis.call("XADD", KEYS[6], "*", "type", "delta",
-    "data", cjson.encode({attempt = attempt, try = tonumber(ARGV[12]), text = ARGV[10]}))
+  redis.call("XADD", KEYS[6], "*", "type", "delta", "data", ARGV[10])
 end
-redis.call("XADD", KEYS[6], "*", "type", "final",
-  "data", cjson.encode({status = ARGV[4], seq = seq, attempt = attempt}))
+redis.call("XADD", KEYS[6], "*", "type", "final", "data", ARGV[11])
 
 local ttl = ARGV[6]
 redis.call("PEXPIRE", KEYS[3], ttl)
 redis.call("PEXPIRE", KEYS[4], ttl)
 redis.call("PEXPIRE", KEYS[5], ttl)
-redis.call("PEXPIRE", KEYS[6], ttl)
+redis.call("PEXPIRE", KEYS[6], ARGV[12])
 if redis.call("LLEN", KEYS[2]) == 0 then
   redis.call("DEL", KEYS[1])
   return {"OK", 1}

@@ -122,3 +122,12 @@ def test_twenty_concurrent_turns_in_one_session_commit_in_acceptance_order_one_a
     )
     assert check(observation) == []
     assert model_server.state.max_in_flight[session] == 1
+
+
+def test_a_waited_answer_is_exactly_the_stored_turn(cluster: Cluster) -> None:
+    with httpx.Client(base_url=cluster.base_url, timeout=30) as http:
+        waited = http.post("/v1/sessions/waiter/turns?wait=20", json={"content": "hi"})
+        assert waited.status_code == 200, waited.text
+        assert waited.json()["status"] == "completed"
+        stored = http.get(waited.headers["location"])
+        assert stored.json() == waited.json()

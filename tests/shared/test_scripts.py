@@ -120,7 +120,7 @@ def test_commit_out_of_sequence_writes_nothing(
     head = mailbox.begin(scripts, keys, "tok", settings)
     assert head is not None
     # A stale worker tries to commit the second turn while the first is still the head.
-    second = Head(second_id, "message", 2, {"content": "two"}, 1, [])
+    second = Head(second_id, "message", 2, {"content": "two"}, 1, 0, [])
     before = _snapshot(client, keys, second_id)
 
     with pytest.raises(CommitRejected) as rejected:

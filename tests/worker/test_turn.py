@@ -46,7 +46,13 @@ def test_the_echo_model_names_the_message_and_the_context_it_saw(
     ]
     events = _events(client, keys, ids[1])
     assert [kind for kind, _ in events][:2] == ["status", "status"]
-    assert events[-1] == ("final", {"status": "completed", "seq": 2, "attempt": 1})
+    kind, final = events[-1]
+    assert kind == "final"
+    assert final["status"] == "completed"
+    assert (final["seq"], final["attempt"]) == (2, 1)
+    assert final["output"] == {"content": "echo: second (saw 2 earlier messages)"}
+    assert final["started_at"] <= final["finished_at"]
+    assert 0 < client.ttl(keys.events(ids[1])) <= settings.events_ttl_s
     streamed = "".join(data["text"] for kind, data in events if kind == "delta")
     assert streamed == "echo: second (saw 2 earlier messages)"
     assert client.get(keys.lock) is None
