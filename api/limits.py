@@ -6,7 +6,7 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.problems import PROBLEM_JSON
+from api.problems import PROBLEM_JSON, PROBLEM_TYPE_BASE
 
 
 class BodyLimit:
@@ -59,7 +59,7 @@ class BodyLimit:
     async def _refuse(self, send: Send) -> None:
         payload = json.dumps(
             {
-                "type": "https://chatlane.dev/problems/body-too-large",
+                "type": PROBLEM_TYPE_BASE + "body-too-large",
                 "title": "Request body too large",
                 "status": 413,
                 "detail": f"Request bodies are limited to {self.max_bytes} bytes.",

@@ -17,7 +17,8 @@ from shared.errors import IdempotencyConflict, MailboxFull, TurnNotFound
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
-_TYPE_BASE = "https://chatlane.dev/problems/"
+# Problem types are identifiers (RFC 9457 §3.1.1), not pages: a URN says so.
+PROBLEM_TYPE_BASE = "urn:chatlane:problem:"
 
 
 def problem(
@@ -30,7 +31,7 @@ def problem(
     **extensions: Any,
 ) -> JSONResponse:
     body: dict[str, Any] = {
-        "type": _TYPE_BASE + kind if kind else "about:blank",
+        "type": PROBLEM_TYPE_BASE + kind if kind else "about:blank",
         "title": title,
         "status": status,
     }
