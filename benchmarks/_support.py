@@ -289,16 +289,25 @@ class Profiler:
             log(f"profiles in {self.dir.relative_to(ROOT)}")
 
 
+def profile_samples(path: Path) -> Iterator[tuple[str, int]]:
+    """``(stack, count)`` per line of py-spy's raw output. A frame name py-spy misread (it
+    can pick up a docstring, newlines included) spans lines: they are joined until one ends
+    in the sample count."""
+    pending = ""
+    for line in path.read_text().splitlines():
+        pending += line
+        stack, _, count_text = pending.rpartition(" ")
+        if stack and count_text.isdigit():
+            yield stack, int(count_text)
+            pending = ""
+
+
 def summarize_profile(path: Path, top: int = 40) -> dict[str, Any]:
     """Self and inclusive shares (percent of GIL-holding samples) per function."""
     selfs: dict[str, int] = {}
     incl: dict[str, int] = {}
     total = 0
-    for line in path.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack:
-            continue
-        count = int(count_text)
+    for stack, count in profile_samples(path):
         total += count
         frames = [_function(f) for f in stack.split(";")]
         selfs[frames[-1]] = selfs.get(frames[-1], 0) + count
@@ -320,13 +329,10 @@ def attribute(
     counts = {label: 0 for label, _ in rules} | {"other": 0}
     total = 0
     for path in paths:
-        for line in path.read_text().splitlines():
-            stack, _, count_text = line.rpartition(" ")
-            if not stack:
-                continue
-            total += int(count_text)
+        for stack, count in profile_samples(path):
+            total += count
             label = next((lb for lb, needles in rules if all(n in stack for n in needles)), "other")
-            counts[label] += int(count_text)
+            counts[label] += count
     return {label: 100 * n / max(total, 1) for label, n in counts.items()}
 
 

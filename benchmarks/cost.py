@@ -12,7 +12,10 @@ waves; a wave POSTs one turn per session (``202``, no ``wait``) and waits until 
 committed, so each session ends with ``2 x --turns`` history messages (20 by default).
 Per turn: the worker's and the API's data and broker round trips and commands, the
 worker's CPU (``/proc/<pid>/stat`` utime+stime delta / turns), and afterwards
-``MEMORY USAGE`` of every key of a session.
+``MEMORY USAGE`` of every key of a session, with the time to live left on its keys. A
+finished turn's event stream expires ``CHATLANE_EVENTS_TTL_S`` after its commit (an hour
+by default), long after a round ends; so each sized session is sized a second time after
+its event streams are deleted (what expiry leaves behind: the steady-state size).
 
 Baselines, same run: one raw Celery worker (same broker, same pool) running the same
 number of no-op tasks in the same waves — its broker round trips and CPU per task; for
@@ -105,6 +108,21 @@ def session_bytes(client: redis.Redis, keys: SessionKeys) -> dict[str, float]:
     return kinds
 
 
+def session_ttls(client: redis.Redis, keys: SessionKeys) -> dict[str, float]:
+    """Seconds to live left on a session's history and on its longest-lived event stream."""
+    streams = list(client.scan_iter(match=f"{keys.events_prefix}*", count=1000))
+    return {
+        "ttl_s history": client.pttl(keys.history) / 1000,
+        "ttl_s event streams": max((client.pttl(k) for k in streams), default=-2000) / 1000,
+    }
+
+
+def drop_event_streams(client: redis.Redis, keys: SessionKeys) -> int:
+    """Delete a finished session's event streams, as their expiry would; how many there were."""
+    streams = list(client.scan_iter(match=f"{keys.events_prefix}*", count=1000))
+    return int(client.delete(*streams)) if streams else 0
+
+
 def stream_bytes(client: redis.Redis, node_max_bytes: int) -> int:
     """``MEMORY USAGE`` of a stream holding a turn's three status events (queued, running,
     final) under ``stream-node-max-bytes``; the private server's setting is restored."""
@@ -177,6 +195,14 @@ def chatlane_round(
     sizes = [session_bytes(rig.data, k) for k in keys[:memory_n]]
     for kind in sizes[0]:
         out[f"bytes {kind}"] = float(statistics.median(s[kind] for s in sizes))
+    ttls = [session_ttls(rig.data, k) for k in keys[:memory_n]]
+    for name in ttls[0]:
+        out[name] = float(statistics.median(t[name] for t in ttls))
+    dropped = [drop_event_streams(rig.data, k) for k in keys[:memory_n]]
+    out["event streams deleted per session"] = float(statistics.median(dropped))
+    expired = [session_bytes(rig.data, k) for k in keys[:memory_n]]
+    for kind in KINDS:
+        out[f"bytes expired {kind}"] = float(statistics.median(s[kind] for s in expired))
     return out
 
 
@@ -331,11 +357,20 @@ def main(argv: list[str] | None = None) -> None:
         f"of {args.memory_sessions} sessions per round, median of {args.rounds} rounds)",
         ["", *KINDS, "message JSON (baseline)", "total / message JSON"],
         [
-            ["chatlane session", *(lane_m[f"bytes {k}"] for k in KINDS),
+            ["chatlane session, right after its last turn", *(lane_m[f"bytes {k}"] for k in KINDS),
              lane_m["bytes message JSON"],
              ratio(lane_m["bytes total"], lane_m["bytes message JSON"])],
+            [f"same sessions, their {lane_m['event streams deleted per session']:.0f} event "
+             "streams deleted (as once CHATLANE_EVENTS_TTL_S passes)",
+             *(lane_m[f"bytes expired {k}"] for k in KINDS), lane_m["bytes message JSON"],
+             ratio(lane_m["bytes expired total"], lane_m["bytes message JSON"])],
         ],
     )  # fmt: skip
+    report.table(
+        "Time to live left at that measurement (s, median of rounds)",
+        ["", "history", "event streams (longest)"],
+        [["chatlane session", lane_m["ttl_s history"], lane_m["ttl_s event streams"]]],
+    )
     report.table(
         f"chatlane's own steps, in process, no Celery: thread CPU ms per call "
         f"({args.stage_turns} turns per round, median of {args.rounds} rounds)",
