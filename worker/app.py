@@ -90,9 +90,10 @@ def settings_of(celery_app: Any) -> Settings:
 
 @signals.after_setup_logger.connect
 def _quiet_per_task_logs(**_: Any) -> None:
-    """Drop Celery's two INFO lines per task ("received", "succeeded"): at hundreds of
-    turns per second they cost CPU and say nothing a turn record does not."""
-    for name in ("celery.app.trace", "celery.worker.strategy"):
+    """Drop the INFO lines logged per task ("received", "succeeded") and per model request
+    (httpx): at hundreds of turns per second they cost CPU and say nothing a turn record
+    does not."""
+    for name in ("celery.app.trace", "celery.worker.strategy", "httpx"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import httpx
 import pytest
@@ -16,8 +17,24 @@ from tests.support.cluster import Cluster
 from tests.support.openai_server import ModelServer
 
 
+async def _send(http: httpx.AsyncClient, method: str, url: str, **kw: Any) -> httpx.Response:
+    """One request, retried on a dropped connection the way a careful client would (POSTs
+    carry an Idempotency-Key, so a retry can never queue a turn twice)."""
+    for attempt in range(4):
+        try:
+            return await http.request(method, url, **kw)
+        except httpx.TransportError:
+            if attempt == 3:
+                raise
+            await asyncio.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 async def _post(http: httpx.AsyncClient, session: str, content: str) -> dict[str, object]:
-    response = await http.post(f"/v1/sessions/{session}/turns", json={"content": content})
+    response = await _send(
+        http, "POST", f"/v1/sessions/{session}/turns",
+        json={"content": content}, headers={"Idempotency-Key": content[-16:]},
+    )  # fmt: skip
     assert response.status_code == 202, response.text
     assert response.headers["location"].endswith(response.json()["id"])
     body: dict[str, object] = response.json()
@@ -26,7 +43,8 @@ async def _post(http: httpx.AsyncClient, session: str, content: str) -> dict[str
 
 async def _finish(http: httpx.AsyncClient, session: str, turn_id: str) -> str:
     for _ in range(12):
-        response = await http.get(f"/v1/sessions/{session}/turns/{turn_id}", params={"wait": 30})
+        url = f"/v1/sessions/{session}/turns/{turn_id}"
+        response = await _send(http, "GET", url, params={"wait": 30})
         assert response.status_code == 200, response.text
         status: str = response.json()["status"]
         if status in {"completed", "failed", "cancelled"}:
@@ -77,7 +95,9 @@ def test_a_hundred_concurrent_users_each_see_only_their_own_conversation(
             statuses[turn_id] = await _finish(http, session, turn_id)
 
     async def everyone() -> None:
-        limits = httpx.Limits(max_connections=clients * 2)
+        # Idle connections are dropped before the server's keep-alive timeout (5 s) can
+        # close them under a client that is slow to reuse them.
+        limits = httpx.Limits(max_connections=clients * 2, keepalive_expiry=2)
         async with httpx.AsyncClient(base_url=cluster.base_url, timeout=60, limits=limits) as http:
             await asyncio.gather(*(one_user(http, s) for s in sessions))
 
