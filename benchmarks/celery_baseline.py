@@ -1,6 +1,6 @@
 """Raw Celery: the baseline that chatlane's numbers are compared with, in the same run.
 
-The app is configured like chatlane's worker (``worker.app.create_celery``): same broker
+The app is configured exactly like chatlane's worker (``worker.config.celery_config``): same broker
 (read from the same ``CHATLANE_*`` settings), threads pool, concurrency, ``acks_late``,
 prefetch multiplier 1, JSON, no task events. Only the tasks differ: they do nothing (or
 sleep), so the difference to chatlane is chatlane's own work per turn. ``worker.app`` is
@@ -22,6 +22,7 @@ from celery import Celery, signals
 
 from shared.nudge import drain_message
 from shared.settings import Settings
+from worker.config import QUIET_LOGGERS, celery_config
 
 NOOP = "bench.noop"
 PING = "bench.ping"
@@ -30,31 +31,13 @@ SLEEP = "bench.sleep"
 
 def create_baseline(settings: Settings) -> Celery:
     """The baseline app; its result backend (used only by ``bench.ping``) is the data Redis."""
-    concurrency = settings.worker_concurrency
     app = Celery(
         "chatlane-baseline",
         broker=settings.effective_broker_url,
         backend=settings.redis_url,
         set_as_current=False,
     )
-    app.conf.update(
-        task_default_queue=settings.queue,
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        task_ignore_result=True,
-        worker_prefetch_multiplier=1,
-        worker_pool="threads",
-        worker_concurrency=concurrency,
-        worker_cancel_long_running_tasks_on_connection_loss=True,
-        broker_pool_limit=concurrency + 8,
-        broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
-        task_serializer="json",
-        accept_content=["json"],
-        result_serializer="json",
-        worker_send_task_events=False,
-        task_send_sent_event=False,
-    )
+    app.conf.update(celery_config(settings), result_serializer="json")
 
     @app.task(name=NOOP, ignore_result=True, shared=False)
     def noop(*args: Any) -> None:
@@ -77,7 +60,7 @@ def create_baseline(settings: Settings) -> Celery:
 def _quiet_per_task_logs(**_: Any) -> None:
     """The same as chatlane's worker (``worker/app.py``): no INFO line per task received or
     succeeded, so neither side pays for logging the other does not."""
-    for name in ("celery.app.trace", "celery.worker.strategy"):
+    for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 

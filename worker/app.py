@@ -20,6 +20,7 @@ from shared.nudge import DRAIN_TASK, Nudger
 from shared.redis import sync_client
 from shared.scripts import Scripts
 from shared.settings import Settings
+from worker.config import QUIET_LOGGERS, celery_config
 from worker.model import build_model
 from worker.sweeper import Sweeper
 from worker.turn import TurnDeps
@@ -27,25 +28,7 @@ from worker.turn import TurnDeps
 
 def create_celery(settings: Settings) -> Celery:
     app = Celery("chatlane", broker=settings.effective_broker_url, set_as_current=False)
-    concurrency = settings.worker_concurrency
-    app.conf.update(
-        task_default_queue=settings.queue,
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        task_ignore_result=True,
-        worker_prefetch_multiplier=1,
-        worker_pool="threads",
-        worker_concurrency=concurrency,
-        worker_cancel_long_running_tasks_on_connection_loss=True,
-        # With acks_late every in-flight task acks over the pool: size it to the concurrency.
-        broker_pool_limit=concurrency + 8,
-        broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
-        task_serializer="json",
-        accept_content=["json"],
-        worker_send_task_events=False,
-        task_send_sent_event=False,
-    )
+    app.conf.update(celery_config(settings))
     app.conf.chatlane_settings = settings
     return app
 
@@ -90,10 +73,7 @@ def settings_of(celery_app: Any) -> Settings:
 
 @signals.after_setup_logger.connect
 def _quiet_per_task_logs(**_: Any) -> None:
-    """Drop the INFO lines logged per task ("received", "succeeded") and per model request
-    (httpx): at hundreds of turns per second they cost CPU and say nothing a turn record
-    does not."""
-    for name in ("celery.app.trace", "celery.worker.strategy", "httpx"):
+    for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 

@@ -1,0 +1,35 @@
+"""The Celery configuration of a chatlane worker, free of side effects (no app, no signals),
+so that anything that must run Celery the same way (the benchmarks' baseline) can share it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.settings import Settings
+
+# INFO lines logged per task ("received", "succeeded") and per model request (httpx): at
+# hundreds of turns per second they cost CPU and say nothing a turn record does not.
+QUIET_LOGGERS = ("celery.app.trace", "celery.worker.strategy", "httpx")
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Reliability settings are belt and braces; correctness never relies on them."""
+    concurrency = settings.worker_concurrency
+    return {
+        "task_default_queue": settings.queue,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_ignore_result": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_pool": "threads",
+        "worker_concurrency": concurrency,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # With acks_late every in-flight task acks over the pool: size it to the concurrency.
+        "broker_pool_limit": concurrency + 8,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout_s},
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "worker_send_task_events": False,
+        "task_send_sent_event": False,
+    }
