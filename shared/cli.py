@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,17 +23,17 @@ from shared.redis import answers
 from shared.redis_server import ManagedRedis, free_port
 from shared.settings import Settings
 
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
 
 def _managed_redis_port(url: str) -> int:
-    """The port of ``url`` when it names this machine and is free, else any free port."""
-    parts = urlsplit(url)
-    if parts.hostname in {"127.0.0.1", "localhost"} and parts.port:
-        import socket
-
+    """The port of ``url`` when it is free on this machine, else any free port."""
+    port = urlsplit(url).port
+    if port:
         with socket.socket() as probe:
             try:
-                probe.bind(("127.0.0.1", parts.port))
-                return parts.port
+                probe.bind(("127.0.0.1", port))
+                return port
             except OSError:
                 pass
     return free_port()
@@ -58,6 +59,10 @@ def up(host: str, port: int) -> int:
     env = dict(os.environ)
     redis_server: ManagedRedis | None = None
     if not answers(settings.redis_url):
+        if urlsplit(settings.redis_url).hostname not in LOOPBACK:
+            # A Redis elsewhere is expected to be running; starting one here would hide that.
+            print(f"chatlane: no Redis answers at {settings.redis_url}", file=sys.stderr)
+            return 2
         redis_server = ManagedRedis(_managed_redis_port(settings.redis_url)).start()
         env["CHATLANE_REDIS_URL"] = redis_server.url
         print(

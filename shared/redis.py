@@ -27,7 +27,7 @@ def answers(url: str, *, timeout_s: float = 0.5) -> bool:
     client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
     try:
         return bool(client.ping())
-    except (redis.ConnectionError, redis.TimeoutError, OSError):
+    except (redis.RedisError, OSError):  # refused, timed out, or not Redis at all
         return False
     finally:
         client.close()

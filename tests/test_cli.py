@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from shared.redis import answers
 from shared.redis_server import free_port
@@ -55,3 +56,16 @@ def test_up_starts_its_own_redis_serves_a_turn_and_stops_everything_on_ctrl_c(
     assert code == 0
     assert not answers(redis_url, timeout_s=0.2)  # the managed Redis went with it
     assert b"chatlane: stopped" in (tmp_path / "up.log").read_bytes()
+
+
+def test_up_refuses_to_stand_in_for_a_redis_on_another_host(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from shared import cli
+
+    monkeypatch.setenv("CHATLANE_REDIS_URL", "redis://redis.example.invalid:6379/0")
+    monkeypatch.setattr(cli, "answers", lambda url: False)  # no network lookups here
+    monkeypatch.setattr(cli, "ManagedRedis", None)  # starting one would be a bug
+
+    assert cli.up("127.0.0.1", free_port()) == 2
+    assert "no Redis answers at redis://redis.example.invalid:6379/0" in capsys.readouterr().err

@@ -18,3 +18,22 @@ def test_the_bundled_redis_server_starts_answers_and_stops() -> None:
     finally:
         server.stop()
     assert not answers(server.url, timeout_s=0.2)
+
+
+def test_a_port_that_does_not_speak_redis_does_not_count_as_redis() -> None:
+    import socket
+    import threading
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+
+        def answer_http() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(1024)
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+        threading.Thread(target=answer_http, daemon=True).start()
+        assert not answers(f"redis://127.0.0.1:{port}/0", timeout_s=1)
