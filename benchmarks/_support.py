@@ -28,7 +28,7 @@ from typing import Any
 import celery
 import redis
 
-from shared.processes import spawn, stop_all, worker_command
+from shared.processes import spawn, stop_all, wait_for_log, worker_command
 from shared.redis_server import find_binary
 from shared.settings import Settings
 from tests.support.cluster import ROOT, settings_env
@@ -164,17 +164,6 @@ class BaselineCluster:
 
     def __exit__(self, *exc: object) -> None:
         stop_all(self.worker_procs, grace_s=15)
-
-
-def wait_for_log(path: Path, marker: bytes, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if marker in path.read_bytes():
-            return
-        if proc.poll() is not None:
-            raise RuntimeError(f"{path.name} exited early:\n{path.read_text()[-3000:]}")
-        time.sleep(0.1)
-    raise TimeoutError(f"{path.name} never became ready:\n{path.read_text()[-3000:]}")
 
 
 def logs_dir(name: str) -> Path:

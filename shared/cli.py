@@ -14,11 +14,17 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
-from shared.processes import api_command, spawn, stop_all, worker_command
+from shared.processes import (
+    StartupFailed,
+    api_command,
+    spawn,
+    stop_all,
+    wait_for_ready,
+    worker_command,
+)
 from shared.redis import answers
 from shared.redis_server import ManagedRedis, free_port
 from shared.settings import Settings
@@ -37,21 +43,6 @@ def _managed_redis_port(url: str) -> int:
             except OSError:
                 pass
     return free_port()
-
-
-def _wait_ready(url: str, procs: list[subprocess.Popen[bytes]], timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if any(p.poll() is not None for p in procs):
-            raise SystemExit("chatlane: a process exited during start-up (see its output above)")
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit("chatlane: the API did not become ready in time")
 
 
 def up(host: str, port: int) -> int:
@@ -83,7 +74,11 @@ def up(host: str, port: int) -> int:
         procs.append(spawn(worker_command(), env))
         procs.append(spawn(api_command(host, port), env))
         base = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
-        _wait_ready(base, procs)
+        try:
+            wait_for_ready(base, procs)
+        except StartupFailed as failed:
+            print(f"chatlane: {failed} (see the output above)", file=sys.stderr)
+            return 1
         print(
             f"\nchatlane is up: {base}  (model: {settings.model}; Ctrl-C stops everything)\n"
             f"  curl -s -X POST '{base}/v1/sessions/demo/turns?wait=10' \\\n"

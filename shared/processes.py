@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -46,3 +47,39 @@ def stop_all(procs: Sequence[subprocess.Popen[bytes]], grace_s: float = 20) -> N
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+class StartupFailed(RuntimeError):
+    """A started process exited, or did not become ready in time."""
+
+
+def wait_for_log(
+    path: Path, marker: bytes, proc: subprocess.Popen[bytes], timeout_s: float = 60
+) -> None:
+    """Return once ``proc``'s log at ``path`` contains ``marker`` (e.g. Celery's " ready.")."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if marker in path.read_bytes():
+            return
+        if proc.poll() is not None:
+            raise StartupFailed(f"{path.name} exited early:\n{path.read_text()[-3000:]}")
+        time.sleep(0.1)
+    raise StartupFailed(f"{path.name} never became ready:\n{path.read_text()[-3000:]}")
+
+
+def wait_for_ready(
+    base_url: str, procs: Sequence[subprocess.Popen[bytes]], timeout_s: float = 60
+) -> None:
+    """Return once ``GET {base_url}/readyz`` answers 200, while every process stays up."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            raise StartupFailed("a process exited during start-up")
+        try:
+            with urllib.request.urlopen(f"{base_url}/readyz", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise StartupFailed(f"{base_url} did not become ready in {timeout_s:.0f} s")

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from shared.processes import api_command, spawn, stop_all, worker_command
+from shared.processes import (
+    StartupFailed,
+    api_command,
+    spawn,
+    stop_all,
+    wait_for_log,
+    wait_for_ready,
+    worker_command,
+)
 from shared.redis_server import free_port
 from shared.settings import Settings
 
@@ -71,7 +76,7 @@ class Cluster:
     def start_worker(self, name: str) -> subprocess.Popen[bytes]:
         """Start one more worker and wait until it consumes."""
         proc = self.spawn_worker(name)
-        self._wait_for_log(self.logs / f"{name}.log", b" ready.", proc)
+        wait_for_log(self.logs / f"{name}.log", b" ready.", proc)
         return proc
 
     def __enter__(self) -> Cluster:
@@ -87,9 +92,13 @@ class Cluster:
                     cwd=ROOT,
                 )
             for name, proc in zip(names, procs, strict=True):
-                self._wait_for_log(self.logs / f"{name}.log", b" ready.", proc)
+                wait_for_log(self.logs / f"{name}.log", b" ready.", proc)
             if self.with_api:
-                self._wait_for_api()
+                try:
+                    wait_for_ready(self.base_url, [self.api])
+                except StartupFailed as failed:
+                    log = (self.logs / "api.log").read_text()[-3000:]
+                    raise StartupFailed(f"{failed}:\n{log}") from failed
         except BaseException:
             self.__exit__()
             raise
@@ -97,27 +106,3 @@ class Cluster:
 
     def __exit__(self, *exc: Any) -> None:
         stop_all([*self.worker_procs, *([self.api] if self.api else [])], grace_s=15)
-
-    def _wait_for_log(self, path: Path, marker: bytes, proc: subprocess.Popen[bytes]) -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if marker in path.read_bytes():
-                return
-            if proc.poll() is not None:
-                raise RuntimeError(f"{path.name} exited early:\n{path.read_text()[-3000:]}")
-            time.sleep(0.1)
-        raise TimeoutError(f"{path.name} never became ready:\n{path.read_text()[-3000:]}")
-
-    def _wait_for_api(self) -> None:
-        assert self.api is not None
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.api.poll() is not None:
-                raise RuntimeError((self.logs / "api.log").read_text()[-3000:])
-            try:
-                if httpx.get(f"{self.base_url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError("the API never became ready")
