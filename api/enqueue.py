@@ -11,7 +11,6 @@ from redis.exceptions import NoScriptError
 from api.deps import AppState
 from shared.keys import GlobalKeys, SessionKeys
 from shared.mailbox import AcceptCall, Accepted
-from shared.schemas import now_ms
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +39,7 @@ async def accept(
     )
     script = state.scripts.accept
     pipe = state.redis.pipeline(transaction=False)
-    pipe.zadd(GlobalKeys(settings.key_prefix).active, {keys.member: now_ms()})
-    # EVALSHA directly: a pipeline holding Script objects re-checks SCRIPT EXISTS each time.
-    pipe.evalsha(script.sha, len(call.keys), *call.keys, *call.args)
+    call.queue_on(pipe, script, GlobalKeys(settings.key_prefix).active, keys.member)
     try:
         reply = (await pipe.execute())[-1]
     except NoScriptError:  # the server restarted and lost its script cache

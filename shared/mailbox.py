@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from redis.exceptions import NoScriptError
+
 from shared.errors import CommitRejected, IdempotencyConflict, MailboxFull, SessionBusy
 from shared.keys import GlobalKeys, SessionKeys
 from shared.schemas import now_ms
@@ -81,6 +83,15 @@ class AcceptCall:
             ],
         )
 
+    def queue_on(self, pipe: Any, script: Any, index: str, member: str) -> None:
+        """Add this accept to ``pipe`` (sync or asyncio): mark the session active for the
+        sweeper *before* the script runs, then EVALSHA ``accept.lua`` (a pipeline holding
+        Script objects would re-check SCRIPT EXISTS on every execute). The script's reply
+        is the pipeline's last result; on ``NoScriptError`` (a restarted server) call
+        ``script`` directly, which loads it."""
+        pipe.zadd(index, {member: now_ms()})
+        pipe.evalsha(script.sha, len(self.keys), *self.keys, *self.args)
+
     def parse(self, reply: Sequence[Any]) -> Accepted:
         """Turn the script's answer into ``Accepted`` or the matching ``AcceptRejected``."""
         verdict = reply[0]
@@ -118,9 +129,12 @@ def accept(
         settings, keys, kind=kind, input_doc=input_doc, idempotency_key=idempotency_key
     )
     pipe = client.pipeline(transaction=False)
-    pipe.zadd(GlobalKeys(settings.key_prefix).active, {keys.member: now_ms()})
-    scripts.accept(keys=call.keys, args=call.args, client=pipe)
-    return call.parse(pipe.execute()[-1])
+    call.queue_on(pipe, scripts.accept, GlobalKeys(settings.key_prefix).active, keys.member)
+    try:
+        reply = pipe.execute()[-1]
+    except NoScriptError:
+        reply = scripts.accept(keys=call.keys, args=call.args)
+    return call.parse(reply)
 
 
 @dataclass(frozen=True, slots=True)
