@@ -3,25 +3,28 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import Depends, Path, Request
+from fastapi import Depends, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
 
 from api.metrics import ApiMetrics
-from shared.keys import SESSION_ID_PATTERN, SessionKeys
-from shared.nudge import AsyncNudger
+from shared.keys import SESSION_ID_PATTERN, TURN_ID_PATTERN, SessionKeys
 from shared.settings import Settings
+from shared.store import EventHub, SessionStore
+from shared.wakeup import WakeUps
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AppState:
     """Clients the lifespan opened; routes never build their own."""
 
     settings: Settings
-    redis: Any
-    scripts: Any
-    nudger: AsyncNudger
+    store: SessionStore
+    hub: EventHub
+    wake_ups: WakeUps
     metrics: ApiMetrics
+    eviction_checked: bool = False
 
 
 async def get_state(request: Request) -> AppState:
@@ -40,6 +43,36 @@ SessionId = Annotated[
     ),
 ]
 
+TurnId = Annotated[str, Path(pattern=TURN_ID_PATTERN, examples=["turn_0123456789abcdef01234567"])]
+
+
+async def wait_seconds(
+    state: State,
+    wait: Annotated[
+        float,
+        Query(
+            ge=0,
+            description="Seconds to wait for a terminal status (at most `CHATLANE_MAX_WAIT_S`).",
+        ),
+    ] = 0,
+) -> float:
+    """The ``?wait=`` of a request, within the deployment's cap (else a 422 problem)."""
+    cap = state.settings.max_wait_s
+    if wait > cap:
+        raise RequestValidationError(
+            [
+                {
+                    "loc": ("query", "wait"),
+                    "msg": f"Input should be less than or equal to {cap:g}",
+                    "type": "less_than_equal",
+                }
+            ]
+        )
+    return wait
+
+
+Wait = Annotated[float, Depends(wait_seconds)]
+
 
 def resolve_tenant(state: AppState) -> str:
     """The tenant a request acts for. One tenant until API keys map to tenants."""
@@ -47,4 +80,4 @@ def resolve_tenant(state: AppState) -> str:
 
 
 def session_keys(state: AppState, session_id: str) -> SessionKeys:
-    return SessionKeys(state.settings.key_prefix, resolve_tenant(state), session_id)
+    return state.store.keys(resolve_tenant(state), session_id)

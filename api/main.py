@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -12,10 +14,32 @@ from api.deps import AppState
 from api.limits import BodyLimit
 from api.metrics import ApiMetrics, MetricsMiddleware
 from api.routes import health, sessions, turns
-from shared.nudge import AsyncNudger, is_redis_broker
-from shared.redis import async_client
-from shared.scripts import Scripts
+from shared.errors import ConfigurationError
+from shared.redis import async_client, check_eviction_policy, pubsub_client
 from shared.settings import Settings
+from shared.store import EventHub, SessionStore
+from shared.wakeup import open_wake_ups
+
+log = logging.getLogger("chatlane.api")
+
+START_CHECK_TIMEOUT_S = 3.0
+
+
+async def eviction_checked(client: object, settings: Settings) -> bool:
+    """Refuse to start on a Redis that evicts keys; True once checked (False when Redis
+    did not answer: ``/readyz`` checks again)."""
+    if settings.allow_eviction:
+        return True
+    try:
+        async with asyncio.timeout(START_CHECK_TIMEOUT_S):
+            await check_eviction_policy(client, settings.redis_url)
+    except ConfigurationError as refused:
+        log.error("chatlane api: %s", refused)
+        raise
+    except Exception as exc:
+        log.warning("Redis did not answer at start (%s); /readyz will check it", exc)
+        return False
+    return True
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -24,25 +48,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = async_client(settings.redis_url)
-        broker_url = settings.effective_broker_url
-        broker = None
-        if is_redis_broker(broker_url):
-            broker = client if broker_url == settings.redis_url else async_client(broker_url)
-        nudger = AsyncNudger(settings, broker)
-        app.state.chatlane = AppState(
-            settings=settings,
-            redis=client,
-            scripts=Scripts.register(client),
-            nudger=nudger,
-            metrics=metrics,
-        )
+        client = async_client(settings.redis_url, max_connections=512, name="chatlane-api")
+        hub_client = pubsub_client(settings.redis_url, name="chatlane-api-hub")
         try:
-            yield
+            checked = await eviction_checked(client, settings)
+            hub = EventHub(hub_client, max_watchers=settings.max_waiters)
+            await hub.start()
+            metrics.waiters.set_function(lambda: hub.watching)
+            try:
+                async with open_wake_ups(settings, client) as wake_ups:
+                    app.state.chatlane = AppState(
+                        settings=settings,
+                        store=SessionStore(client, settings),
+                        hub=hub,
+                        wake_ups=wake_ups,
+                        metrics=metrics,
+                        eviction_checked=checked,
+                    )
+                    yield
+            finally:
+                await hub.close()
         finally:
-            nudger.close()
-            if broker is not None and broker is not client:
-                await broker.aclose()
+            await hub_client.aclose()
             await client.aclose()
 
     metrics = ApiMetrics()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.intake import Submitted
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -33,17 +35,37 @@ class ApiMetrics:
             "Accepts answered from an earlier request with the same Idempotency-Key.",
             registry=self.registry,
         )
-        self.wakeups = Counter(
+        self.wake_ups = Counter(
             "chatlane_wakeups_sent_total",
-            "Drain messages sent to the broker (skipped while a worker holds the session).",
+            "Wake-ups sent to the broker (none while a worker holds the session).",
+            registry=self.registry,
+        )
+        self.wake_ups_failed = Counter(
+            "chatlane_wakeups_failed_total",
+            "Wake-ups the broker did not take (the sweeper sends another).",
+            registry=self.registry,
+        )
+        self.waits_abandoned = Counter(
+            "chatlane_waits_abandoned_total",
+            "Accepting requests that answered 202 because waiting failed (cap, Redis).",
+            registry=self.registry,
+        )
+        self.waiters = Gauge(
+            "chatlane_waiters",
+            "Clients of this process waiting for a session's events.",
             registry=self.registry,
         )
 
-        self.wakeups_failed = Counter(
-            "chatlane_wakeups_failed_total",
-            "Drain messages the broker did not take (the sweeper re-sends them).",
-            registry=self.registry,
-        )
+    def count_submitted(self, submitted: Submitted) -> None:
+        accepted = submitted.accepted
+        if accepted.replayed:
+            self.replayed.inc()
+        elif accepted.turn is not None:
+            self.accepted.labels(accepted.turn.kind).inc()
+        if submitted.woke is True:
+            self.wake_ups.inc()
+        elif submitted.woke is False:
+            self.wake_ups_failed.inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

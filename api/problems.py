@@ -12,7 +12,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from shared.errors import IdempotencyConflict, MailboxFull, TurnNotFound
+from shared.errors import (
+    IdempotencyConflict,
+    MailboxFull,
+    SessionNotFound,
+    TooManyWaiters,
+    TurnNotFound,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +76,23 @@ def _http(request: Request, exc: Exception) -> JSONResponse:
     return problem(exc.status_code, _reason(exc.status_code), detail, headers=exc.headers)
 
 
-def _not_found(request: Request, exc: Exception) -> JSONResponse:
+def _turn_not_found(request: Request, exc: Exception) -> JSONResponse:
     return problem(404, "Turn not found", str(exc) or None, kind="turn-not-found")
+
+
+def _session_not_found(request: Request, exc: Exception) -> JSONResponse:
+    return problem(404, "Session not found", str(exc) or None, kind="session-not-found")
+
+
+def _too_many_waiters(request: Request, exc: Exception) -> JSONResponse:
+    return problem(
+        503,
+        "Too many waiting clients",
+        "This server already holds as many waiting clients as it is allowed; retry, or "
+        "poll without wait.",
+        kind="too-many-waiters",
+        headers={"Retry-After": "1"},
+    )
 
 
 def _conflict(request: Request, exc: Exception) -> JSONResponse:
@@ -119,7 +140,9 @@ def _reason(status: int) -> str:
 def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(StarletteHTTPException, _http)
-    app.add_exception_handler(TurnNotFound, _not_found)
+    app.add_exception_handler(TurnNotFound, _turn_not_found)
+    app.add_exception_handler(SessionNotFound, _session_not_found)
+    app.add_exception_handler(TooManyWaiters, _too_many_waiters)
     app.add_exception_handler(IdempotencyConflict, _conflict)
     app.add_exception_handler(MailboxFull, _full)
     app.add_exception_handler(redis.exceptions.ConnectionError, _unavailable)

@@ -1,88 +1,120 @@
 """Batch load for the throughput-style benchmarks: enqueue N items, time until all are done.
 
-chatlane turns are enqueued exactly as ``api.enqueue.accept`` does it (``ZADD`` to the
-active index + ``accept.lua`` via ``AcceptCall``, then the ``LPUSH`` wake-up from
-``shared.nudge.drain_message`` unless a worker holds the session lock), pipelined in
-batches. Raw Celery tasks are ``LPUSH``ed the same way, in the same envelope. A round
-ends when the queue and kombu's unacked hash are empty — with ``acks_late`` every task
-then returned — and, for chatlane, every turn record says ``completed``.
+chatlane turns are enqueued exactly as the API does it: ``shared.intake.submit`` (the
+accept pipeline, ``ZADD`` to the active index + ``accept.lua``, then the ``LPUSH``
+wake-up unless a worker holds the session lock) on an asyncio client, ``--batch``
+submissions at a time on as many connections, so the load generator is not the
+bottleneck. Raw Celery tasks are ``LPUSH``ed in batched pipelines, in the same envelope.
+A round ends when the queue and kombu's unacked hash are empty — with ``acks_late``
+every task then returned — and, for chatlane, every turn record says ``completed``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack
 from typing import Any
 
 import redis
+import uvloop
 
 from benchmarks._support import CpuMeter, broker_idle, wait_until
 from benchmarks.celery_baseline import task_message
-from shared.keys import GlobalKeys, SessionKeys
-from shared.mailbox import AcceptCall
-from shared.nudge import drain_message
-from shared.schemas import now_ms
-from shared.scripts import Scripts
+from shared.intake import submit
+from shared.keys import SessionKeys
+from shared.redis import async_client
 from shared.settings import Settings
+from shared.store import SessionStore, Turn
+from shared.wakeup import WakeUps, open_wake_ups
 
-Turn = tuple[SessionKeys, str]
+Accepted = tuple[SessionKeys, str]
 
 
-def enqueue_turns(
-    client: redis.Redis,
-    settings: Settings,
-    sessions: Sequence[str],
-    per_session: int,
-    batch: int,
-) -> tuple[list[Turn], int]:
-    """Accept ``per_session`` turns in each session (the k-th turn of every session before
-    any (k+1)-th). Returns every (session keys, turn id) and how many wake-ups were sent."""
-    script = Scripts.register(client).accept
-    client.script_load(script.script)
-    active = GlobalKeys(settings.key_prefix).active
-    order = [s for _ in range(per_session) for s in sessions]
-    turns: list[Turn] = []
-    nudges = 0
-    for i in range(0, len(order), batch):
-        calls = []
-        pipe = client.pipeline(transaction=False)
-        for session in order[i : i + batch]:
-            keys = SessionKeys(settings.key_prefix, settings.default_tenant, session)
-            call = AcceptCall.build(
-                settings, keys, kind="message", input_doc={"content": "hello"}, idempotency_key=None
+class Enqueuer:
+    """What the API holds to accept turns — an asyncio client (``connections`` of them
+    open before any timing starts), a ``SessionStore`` and ``WakeUps`` — on an event
+    loop of its own (uvloop, as uvicorn runs the API). Use as a context manager."""
+
+    def __init__(self, settings: Settings, connections: int) -> None:
+        self.settings = settings
+        self.connections = connections
+        self._runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+        self._stack = AsyncExitStack()
+        self._store: SessionStore | None = None
+        self._wake_ups: WakeUps | None = None
+
+    def __enter__(self) -> Enqueuer:
+        try:
+            self._runner.run(self._open())
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._runner.run(self._stack.aclose())
+        finally:
+            self._runner.close()
+
+    async def _open(self) -> None:
+        client = async_client(
+            self.settings.redis_url, max_connections=self.connections, name="chatlane-bench-load"
+        )
+        self._stack.push_async_callback(client.aclose)
+        # Open every connection now (PINGs in parallel), not inside the timed enqueue.
+        await asyncio.gather(*(client.ping() for _ in range(self.connections)))
+        self._store = SessionStore(client, self.settings)
+        self._wake_ups = await self._stack.enter_async_context(open_wake_ups(self.settings, client))
+
+    def enqueue_turns(
+        self, sessions: Sequence[str], per_session: int, batch: int
+    ) -> tuple[list[Accepted], int]:
+        """Accept ``per_session`` turns in each session (the k-th turn of every session
+        before any (k+1)-th), ``batch`` submissions at a time. Returns every (session keys,
+        turn id) and how many wake-ups were sent."""
+        return self._runner.run(self._enqueue(sessions, per_session, batch))
+
+    async def _enqueue(
+        self, sessions: Sequence[str], per_session: int, batch: int
+    ) -> tuple[list[Accepted], int]:
+        store, wake_ups = self._store, self._wake_ups
+        assert store is not None and wake_ups is not None
+        tenant = self.settings.default_tenant
+        order = [store.keys(tenant, s) for _ in range(per_session) for s in sessions]
+        accepted: list[Accepted] = []
+        woken = 0
+        for i in range(0, len(order), batch):
+            chunk = order[i : i + batch]
+            done = await asyncio.gather(
+                *(submit(store, wake_ups, k, input_doc={"content": "hello"}) for k in chunk)
             )
-            pipe.zadd(active, {keys.member: now_ms()})
-            pipe.evalsha(script.sha, len(call.keys), *call.keys, *call.args)
-            calls.append((keys, call))
-        replies = pipe.execute()[1::2]
-        wake = client.pipeline(transaction=False)
-        for (keys, call), reply in zip(calls, replies, strict=True):
-            accepted = call.parse([_text(x) for x in reply])
-            turns.append((keys, accepted.turn_id))
-            if accepted.needs_nudge:
-                wake.lpush(settings.queue, drain_message(settings.queue, keys.tenant, keys.session))
-                nudges += 1
-        wake.execute()
-    return turns, nudges
+            for keys, submitted in zip(chunk, done, strict=True):
+                if submitted.woke is False:
+                    raise RuntimeError(f"the wake-up for {keys.member} could not be sent")
+                woken += submitted.woke is True
+                accepted.append((keys, submitted.accepted.turn_id))
+        return accepted, woken
 
 
-def _text(value: Any) -> Any:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def completed(client: redis.Redis, turns: Sequence[Turn]) -> tuple[int, int]:
+def completed(client: redis.Redis, turns: Sequence[Accepted]) -> tuple[int, int]:
     """How many of ``turns`` are ``completed``, and the latest ``finished_at`` (ms)."""
     done, last = 0, 0
     for i in range(0, len(turns), 1000):
         pipe = client.pipeline(transaction=False)
         for keys, turn_id in turns[i : i + 1000]:
-            pipe.hmget(keys.turn(turn_id), "status", "finished_at")
-        for status, finished in pipe.execute():
-            if status == b"completed":
+            pipe.hget(keys.turns, turn_id)
+        for raw in pipe.execute():
+            if raw is None:
+                continue
+            turn = Turn.from_json(raw)
+            if turn.status == "completed" and turn.finished_at is not None:
                 done += 1
-                last = max(last, int(finished))
+                last = max(last, round(turn.finished_at.timestamp() * 1000))
     return done, last
 
 
@@ -128,13 +160,14 @@ def chatlane_batch(
 ) -> dict[str, float]:
     """One round: ``turns`` turns over ``turns // per_session`` fresh sessions."""
     sessions = [f"{tag}-s{i}" for i in range(turns // per_session)]
-    meters = {role: CpuMeter([pid]).start() for role, pid in pids.items()}
-    with InFlight(client) as flight:
-        start = time.time()
-        accepted, nudges = enqueue_turns(client, settings, sessions, per_session, batch)
-        idle_at = wait_until(
-            broker_idle(client, settings.queue), timeout_s=timeout_s, what="chatlane drains"
-        )
+    with Enqueuer(settings, connections=batch) as enqueuer:
+        meters = {role: CpuMeter([pid]).start() for role, pid in pids.items()}
+        with InFlight(client) as flight:
+            start = time.time()
+            accepted, woken = enqueuer.enqueue_turns(sessions, per_session, batch)
+            idle_at = wait_until(
+                broker_idle(client, settings.queue), timeout_s=timeout_s, what="chatlane drains"
+            )
     done, last_ms = completed(client, accepted)
     if done != len(accepted):
         raise RuntimeError(f"only {done} of {len(accepted)} turns completed")
@@ -142,7 +175,7 @@ def chatlane_batch(
         len(accepted),
         max(idle_at, last_ms / 1000) - start,
         meters,
-        tasks=nudges,
+        tasks=woken,
         extra=flight.summary(),
     )
 

@@ -21,10 +21,11 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from shared.redis_server import free_port
-from shared.scripts import SCRIPT_NAMES, source
+from cli.redis_server import free_port
+from shared.store.scripts import NAMES, source
 
-_SCRIPT_BY_SHA = {hashlib.sha1(source(name).encode()).hexdigest(): name for name in SCRIPT_NAMES}
+# What EVALSHA sends: the sha1 of the loader's full text of a script (prelude included).
+_SCRIPT_BY_SHA = {hashlib.sha1(source(name).encode()).hexdigest(): name for name in NAMES}
 
 
 @dataclass
@@ -104,6 +105,7 @@ class CountingProxy:
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="redis-proxy", daemon=True)
         self._servers: list[asyncio.base_events.Server] = []
+        self._open: set[asyncio.StreamWriter] = set()
 
     def url(self, role: str) -> str:
         return f"redis://127.0.0.1:{self.ports[role]}/0"
@@ -142,6 +144,13 @@ class CountingProxy:
         finally:
             for server in self._servers:
                 server.close()
+            # Connections still open (a client that never closed its pool): close them so
+            # their handlers end here, not as "Task was destroyed" noise at exit.
+            for stream in list(self._open):
+                stream.close()
+            pending = asyncio.all_tasks(self._loop)
+            if pending:
+                self._loop.run_until_complete(asyncio.wait(pending, timeout=2))
             self._loop.close()
 
     def _handler(
@@ -150,7 +159,14 @@ class CountingProxy:
         counts = self.counts[role]
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+            self._open.add(writer)
+            try:
+                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+            except OSError:
+                self._open.discard(writer)
+                writer.close()
+                return
+            self._open.add(up_writer)
             parser = _RespCounter(counts)
             replied = [True]  # the next client bytes open a round trip
 
@@ -179,5 +195,6 @@ class CountingProxy:
             finally:
                 writer.close()
                 up_writer.close()
+                self._open.difference_update((writer, up_writer))
 
         return handle

@@ -28,8 +28,8 @@ from typing import Any
 import celery
 import redis
 
-from shared.processes import spawn, stop_all, wait_for_log, worker_command
-from shared.redis_server import find_binary
+from cli.redis_server import find_binary
+from cli.supervise import spawn, stop_all, wait_for_log, worker_command
 from shared.settings import Settings
 from tests.support.cluster import ROOT, settings_env
 
@@ -118,7 +118,7 @@ class CpuMeter:
 
 
 def baseline_command(*extra: str) -> list[str]:
-    """chatlane's worker command line (``shared.processes.worker_command``) with only the app
+    """chatlane's worker command line (``cli.supervise.worker_command``) with only the app
     swapped for ``benchmarks.celery_baseline``: same interpreter, flags and log level."""
     cmd = worker_command(*extra)
     cmd[cmd.index("worker.app")] = "benchmarks.celery_baseline"
@@ -389,7 +389,7 @@ def machine() -> dict[str, Any]:
         done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
         return done.stdout.strip()
 
-    dirty = git("status", "--porcelain", "--", "api", "worker", "shared")
+    dirty = git("status", "--porcelain", "--", "api", "worker", "shared", "cli")
     return {
         "commit": git("rev-parse", "--short", "HEAD")
         + (" + uncommitted product changes" if dirty else ""),

@@ -38,8 +38,8 @@ from benchmarks._support import (
     redis_pid,
     time_bound,
 )
+from cli.redis_server import ManagedRedis
 from shared.keys import GlobalKeys, SessionKeys, parse_member
-from shared.redis_server import ManagedRedis
 from shared.settings import Settings
 from tests.support.cluster import Cluster
 

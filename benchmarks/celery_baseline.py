@@ -4,7 +4,8 @@ The app is configured exactly like chatlane's worker (``worker.config.celery_con
 (read from the same ``CHATLANE_*`` settings), threads pool, concurrency, ``acks_late``,
 prefetch multiplier 1, JSON, no task events. Only the tasks differ: they do nothing (or
 sleep), so the difference to chatlane is chatlane's own work per turn. ``worker.app`` is
-not imported: its ``worker_ready`` handler would start chatlane's sweeper in this worker.
+not imported: its ``worker_init`` handler would start chatlane's engine (its event loop,
+lease heartbeat and sweeper) in this worker.
 
 Run by ``BaselineCluster`` as ``celery -A benchmarks.celery_baseline worker``.
 """
@@ -20,8 +21,8 @@ from typing import Any
 
 from celery import Celery, signals
 
-from shared.nudge import drain_message
 from shared.settings import Settings
+from shared.wakeup import wake_up_message
 from worker.config import QUIET_LOGGERS, celery_config
 
 NOOP = "bench.noop"
@@ -86,10 +87,10 @@ def verify_ran(settings: Settings, task: str, sent: int) -> int:
 def task_message(queue: str, task: str, args: Sequence[Any]) -> str:
     """A Redis-broker envelope for ``task(*args)``, shaped exactly like chatlane's wake-ups.
 
-    Built from ``shared.nudge.drain_message`` (what the API ``LPUSH``es) with the task name
-    and arguments swapped, so the baseline worker decodes the same kind of message.
+    Built from ``shared.wakeup.wake_up_message`` (what the API ``LPUSH``es) with the task
+    name and arguments swapped, so the baseline worker decodes the same kind of message.
     """
-    envelope = json.loads(drain_message(queue, "-", "-"))
+    envelope = json.loads(wake_up_message(queue, "-", "-"))
     body = json.loads(base64.b64decode(envelope["body"]))
     body[0] = list(args)
     envelope["body"] = base64.b64encode(json.dumps(body).encode()).decode()

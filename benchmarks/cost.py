@@ -12,10 +12,12 @@ waves; a wave POSTs one turn per session (``202``, no ``wait``) and waits until 
 committed, so each session ends with ``2 x --turns`` history messages (20 by default).
 Per turn: the worker's and the API's data and broker round trips and commands, the
 worker's CPU (``/proc/<pid>/stat`` utime+stime delta / turns), and afterwards
-``MEMORY USAGE`` of every key of a session, with the time to live left on its keys. A
-finished turn's event stream expires ``CHATLANE_EVENTS_TTL_S`` after its commit (an hour
-by default), long after a round ends; so each sized session is sized a second time after
-its event streams are deleted (what expiry leaves behind: the steady-state size).
+``MEMORY USAGE`` of every key of a session, by kind (history; turn records: the
+session's ``turns`` hash and ``turn_index``; its event stream; the rest), with the time to
+live left on its keys. A session's one event stream expires ``CHATLANE_EVENTS_TTL_S``
+after its last write (an hour by default), long after a round ends; so each sized session
+is sized a second time after its event stream is deleted (what expiry leaves behind once
+the session goes quiet: the steady-state size).
 
 Baselines, same run: one raw Celery worker (same broker, same pool) running the same
 number of no-op tasks in the same waves — its broker round trips and CPU per task; for
@@ -32,7 +34,8 @@ import argparse
 import functools
 import json
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import cast
 
 import redis
 
@@ -54,19 +57,21 @@ from benchmarks._support import (
     wait_until,
 )
 from benchmarks.celery_baseline import NOOP, verify_ran
+from cli.redis_server import ManagedRedis
 from shared.keys import SessionKeys
-from shared.redis_server import ManagedRedis
 from shared.settings import Settings
 from tests.support.cluster import Cluster
 
 ROLES = ("worker", "api")
-KINDS = ("history", "turn records", "event streams", "other", "total")
+KINDS = ("history", "turn records", "event stream", "other", "total")
+StreamEntries = list[tuple[bytes, dict[bytes, bytes]]]  # as XRANGE returns them
 
 
 @dataclass
 class Rig:
     """Everything a round needs: the worker's settings, clients that bypass the proxies,
-    the proxies, the API connection and the pids to meter."""
+    the proxies, the API connection and the pids to meter; ``sample_stream`` keeps the
+    entries of one sized session's event stream (for the stream-size diagnostic)."""
 
     settings: Settings
     data: redis.Redis
@@ -76,6 +81,7 @@ class Rig:
     broker_proxy: CountingProxy
     pids: dict[str, int]
     base_pid: int
+    sample_stream: StreamEntries = field(default_factory=list)
 
 
 def committed(client: redis.Redis, settings: Settings, sessions: list[str], seq: int) -> bool:
@@ -95,10 +101,10 @@ def session_bytes(client: redis.Redis, keys: SessionKeys) -> dict[str, float]:
         size = float(client.memory_usage(key, samples=0) or 0)
         if name == keys.history:
             kinds["history"] += size
-        elif name.startswith(keys.turn_prefix):
+        elif name in (keys.turns, keys.turn_index):
             kinds["turn records"] += size
-        elif name.startswith(keys.events_prefix):
-            kinds["event streams"] += size
+        elif name == keys.events:
+            kinds["event stream"] += size
         else:
             kinds["other"] += size
     kinds["total"] = sum(kinds.values())
@@ -109,30 +115,29 @@ def session_bytes(client: redis.Redis, keys: SessionKeys) -> dict[str, float]:
 
 
 def session_ttls(client: redis.Redis, keys: SessionKeys) -> dict[str, float]:
-    """Seconds to live left on a session's history and on its longest-lived event stream."""
-    streams = list(client.scan_iter(match=f"{keys.events_prefix}*", count=1000))
+    """Seconds to live left on a session's history and on its event stream (-2: none)."""
     return {
         "ttl_s history": client.pttl(keys.history) / 1000,
-        "ttl_s event streams": max((client.pttl(k) for k in streams), default=-2000) / 1000,
+        "ttl_s event stream": client.pttl(keys.events) / 1000,
     }
 
 
 def drop_event_streams(client: redis.Redis, keys: SessionKeys) -> int:
-    """Delete a finished session's event streams, as their expiry would; how many there were."""
-    streams = list(client.scan_iter(match=f"{keys.events_prefix}*", count=1000))
-    return int(client.delete(*streams)) if streams else 0
+    """Delete a finished session's event stream, as its expiry would; 1 if there was one."""
+    return int(client.delete(keys.events))
 
 
-def stream_bytes(client: redis.Redis, node_max_bytes: int) -> int:
-    """``MEMORY USAGE`` of a stream holding a turn's three status events (queued, running,
-    final) under ``stream-node-max-bytes``; the private server's setting is restored."""
+def stream_bytes(client: redis.Redis, entries: StreamEntries, node_max_bytes: int) -> int:
+    """``MEMORY USAGE`` of a stream holding ``entries`` (a session's events, as read with
+    ``XRANGE``) written under ``stream-node-max-bytes``; the server's setting is restored."""
     old = str(client.config_get("stream-node-max-bytes")["stream-node-max-bytes"])
     client.config_set("stream-node-max-bytes", node_max_bytes)
     try:
         client.delete("bench:stream")
-        for status in ("queued", "running", "completed"):
-            data = json.dumps({"status": status, "seq": 1, "attempt": 1})
-            client.xadd("bench:stream", {"type": "status", "data": data})
+        pipe = client.pipeline(transaction=False)
+        for _, fields in entries:
+            pipe.xadd("bench:stream", fields)  # type: ignore[arg-type]
+        pipe.execute()
         return int(client.memory_usage("bench:stream", samples=0) or 0)
     finally:
         client.delete("bench:stream")
@@ -198,6 +203,7 @@ def chatlane_round(
     ttls = [session_ttls(rig.data, k) for k in keys[:memory_n]]
     for name in ttls[0]:
         out[name] = float(statistics.median(t[name] for t in ttls))
+    rig.sample_stream = cast(StreamEntries, rig.data.xrange(keys[0].events))
     dropped = [drop_event_streams(rig.data, k) for k in keys[:memory_n]]
     out["event streams deleted per session"] = float(statistics.median(dropped))
     expired = [session_bytes(rig.data, k) for k in keys[:memory_n]]
@@ -315,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
         ]
         streaming = [measure_streaming(200, 10) for _ in range(args.rounds)]
         data = redis.Redis.from_url(data_server.url)
-        node_sizes = {n: stream_bytes(data, n) for n in (4096, 512, 256)}
+        node_sizes = {n: stream_bytes(data, rig.sample_stream, n) for n in (4096, 512, 256)}
         data.close()
 
     lane_m, base_m = medians_union(lane_rounds), medians_union(base_rounds)
@@ -360,16 +366,17 @@ def main(argv: list[str] | None = None) -> None:
             ["chatlane session, right after its last turn", *(lane_m[f"bytes {k}"] for k in KINDS),
              lane_m["bytes message JSON"],
              ratio(lane_m["bytes total"], lane_m["bytes message JSON"])],
-            [f"same sessions, their {lane_m['event streams deleted per session']:.0f} event "
-             "streams deleted (as once CHATLANE_EVENTS_TTL_S passes)",
+            [f"same sessions, their event stream deleted "
+             f"({lane_m['event streams deleted per session']:.0f} per session, as "
+             "CHATLANE_EVENTS_TTL_S after its last write)",
              *(lane_m[f"bytes expired {k}"] for k in KINDS), lane_m["bytes message JSON"],
              ratio(lane_m["bytes expired total"], lane_m["bytes message JSON"])],
         ],
     )  # fmt: skip
     report.table(
         "Time to live left at that measurement (s, median of rounds)",
-        ["", "history", "event streams (longest)"],
-        [["chatlane session", lane_m["ttl_s history"], lane_m["ttl_s event streams"]]],
+        ["", "history", "event stream"],
+        [["chatlane session", lane_m["ttl_s history"], lane_m["ttl_s event stream"]]],
     )
     report.table(
         f"chatlane's own steps, in process, no Celery: thread CPU ms per call "
@@ -388,8 +395,8 @@ def main(argv: list[str] | None = None) -> None:
         [
             [f"call_model, echo reply of {stream['tokens']:.0f} tokens: CPU ms", stream["ms"]],
             ["... per token: CPU us", stream["us_per_token"]],
-            *[[f"3-event stream, stream-node-max-bytes {n}: bytes", float(b)]
-              for n, b in node_sizes.items()],
+            *[[f"a session's event stream ({len(rig.sample_stream)} entries), "
+               f"stream-node-max-bytes {n}: bytes", float(b)] for n, b in node_sizes.items()],
         ],
     )  # fmt: skip
     report.goal(

@@ -15,8 +15,9 @@ the median over rounds of that figure.
 
 The turn's own timestamps (ms resolution, averaged over the round) split chatlane's
 latency: client send -> ``created_at`` (HTTP + routing), -> ``started_at`` (accept
-script, wake-up, Celery delivery, ``begin.lua``), -> ``finished_at`` (model + prompt),
--> response read (commit, the API's ``XREAD`` waking, ``HGETALL``, the response).
+pipeline, wake-up, Celery delivery, the hand-off to the worker's event loop,
+``begin.lua``), -> ``finished_at`` (model + prompt), -> response read (``commit.lua``,
+its final event reaching the API's event hub over pub/sub, the response).
 
     .venv/bin/python -m benchmarks.overhead [--turns 2000] [--rounds 3] [--clients 1]
 """
@@ -49,7 +50,7 @@ from benchmarks._support import (
     time_bound,
 )
 from benchmarks.celery_baseline import PING, create_baseline, verify_ran
-from shared.redis_server import ManagedRedis
+from cli.redis_server import ManagedRedis
 from shared.settings import Settings
 from tests.support.cluster import Cluster
 

@@ -35,7 +35,7 @@ from benchmarks._support import (
     time_bound,
 )
 from benchmarks.celery_baseline import SLEEP, verify_ran
-from shared.redis_server import ManagedRedis
+from cli.redis_server import ManagedRedis
 from shared.settings import Settings
 from tests.support.cluster import Cluster
 
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=128, help="pool threads (both)")
     parser.add_argument("--waves", type=int, default=5, help="turns per round = waves x threads")
     parser.add_argument("--turns-per-session", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=100, help="items per enqueue pipeline")
+    parser.add_argument("--batch", type=int, default=100, help="items enqueued at a time")
     add_common_args(parser, max_s=300)
     args = parser.parse_args(argv)
     report = Report("slow_model", vars(args))

@@ -2,9 +2,10 @@
 
 chatlane: the instant ``echo`` model, ``--workers`` worker processes (threads pool,
 ``--concurrency`` threads each). Each round enqueues ``--turns`` turns exactly as the API
-does (``benchmarks._load``: ``ZADD`` + ``accept.lua``, then the ``LPUSH`` wake-up when no
-worker holds the session lock), pipelined in batches of ``--batch``, and is timed from
-the first enqueue until every wake-up is acknowledged and every turn is ``completed``.
+does (``benchmarks._load``: ``shared.intake.submit``, i.e. ``ZADD`` + ``accept.lua``, then
+the ``LPUSH`` wake-up when no worker holds the session lock), ``--batch`` submissions at
+a time, and is timed from the first enqueue until every wake-up is acknowledged and
+every turn is ``completed``.
 By default every turn is in its own session (``--turns-per-session 1``), so every turn
 costs one Celery task: a user waits for each reply before sending the next.
 
@@ -37,19 +38,25 @@ from benchmarks._support import (
     time_bound,
 )
 from benchmarks.celery_baseline import NOOP, verify_ran
-from shared.redis_server import ManagedRedis
+from cli.redis_server import ManagedRedis
 from shared.settings import Settings
 from tests.support.cluster import Cluster
 
 WARMUP = 200
 # Where a worker's Python time goes, by stack content (first match wins); --profile only.
+# py-spy does not always see a coroutine's callers: engine-thread samples without a
+# drain_session frame are split by what they do.
 COMPONENTS: list[tuple[str, list[str]]] = [
-    ("chatlane sweeper (worker/sweeper.py)", ["Sweep.once"]),
-    ("chatlane lease heartbeat", ["LeaseKeeper._run"]),
-    ("chatlane drain: call_model (LangChain stream)", ["drain_session", "call_model"]),
-    ("chatlane drain: mailbox.commit", ["drain_session", "commit (shared/mailbox.py"]),
-    ("chatlane drain: mailbox.begin", ["drain_session", "begin (shared/mailbox.py"]),
+    ("chatlane sweeper (worker/sweeper.py)", ["run_sweeper"]),
+    ("chatlane lease heartbeat", ["Heartbeat.run"]),
+    ("chatlane drain: call_model (LangChain astream)", ["drain_session", "call_model"]),
+    ("chatlane drain: store.commit", ["drain_session", "SessionStore.commit"]),
+    ("chatlane drain: store.begin", ["drain_session", "SessionStore.begin"]),
     ("chatlane drain: the rest (prompt, deltas, lease)", ["drain_session"]),
+    ("chatlane engine: results handed to pool threads", ["Engine._main", "_chain_future"]),
+    ("chatlane engine: redis-py, caller not seen", ["Engine._main", "(redis/asyncio/"]),
+    ("chatlane engine: the rest (event loop)", ["Engine._main"]),
+    ("chatlane task: handing the session to the engine", ["Engine.drain"]),
     ("Celery thread pool (submit, tracing, queue)", ["(concurrent/futures/thread.py"]),
     ("Celery consumer: receive (BRPOP, unacked bookkeeping)", ["asynloop", "_brpop_read"]),
     ("Celery consumer: ack", ["asynloop", "basic_ack"]),
@@ -73,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--turns-per-session", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2, help="worker processes (both systems)")
     parser.add_argument("--concurrency", type=int, default=16, help="pool threads per worker")
-    parser.add_argument("--batch", type=int, default=100, help="items per enqueue pipeline")
+    parser.add_argument("--batch", type=int, default=100, help="items enqueued at a time")
     parser.add_argument(
         "--sweep-interval", type=float, default=Settings().sweep_interval_s,
         help="CHATLANE_SWEEP_INTERVAL_S of the chatlane workers (diagnostics)",

@@ -1,14 +1,19 @@
 """The exception tree of chatlane.
 
 ChatlaneError
-├── SessionBusy            another worker holds the session lock (not an error for drain)
-├── LockLost               this worker held the lock and lost it (lease expired or stolen)
+├── ConfigurationError     chatlane must not run like this; the message says what to change
+├── SessionBusy            another worker holds the session lock (not an error for a drain)
+├── LockLost               this worker held the lock and lost it (lease expired or taken)
 ├── CommitRejected         the commit script wrote nothing; ``.reason`` says why
-├── TurnNotFound           no such turn in this session (expired or never accepted)
-├── AcceptRejected
+├── NotFound
+│   ├── SessionNotFound    no such session (never used, or expired)
+│   └── TurnNotFound       no such turn in this session
+├── AcceptRejected         nothing was written
 │   ├── IdempotencyConflict  the key was used before with a different request
 │   └── MailboxFull          too many pending turns in the session
+├── TooManyWaiters         this process already holds as many waiting clients as allowed
 └── ModelError
+    ├── ModelUnavailable     the model could not be built (missing setting, bad import path)
     ├── TransientModelError  worth retrying: 429, 5xx, timeout, dropped connection
     └── ModelGaveUp          retries or the turn deadline are exhausted
 """
@@ -18,6 +23,10 @@ from __future__ import annotations
 
 class ChatlaneError(Exception):
     """Base of every error chatlane raises on purpose."""
+
+
+class ConfigurationError(ChatlaneError):
+    """A setting or the server chatlane runs against is unsafe or unusable."""
 
 
 class SessionBusy(ChatlaneError):
@@ -36,7 +45,15 @@ class CommitRejected(ChatlaneError):
         self.reason = reason
 
 
-class TurnNotFound(ChatlaneError):
+class NotFound(ChatlaneError):
+    """The thing asked for does not exist (or no longer does)."""
+
+
+class SessionNotFound(NotFound):
+    """The session has no turns: it was never used, or it expired."""
+
+
+class TurnNotFound(NotFound):
     """The turn does not exist in this session."""
 
 
@@ -56,8 +73,16 @@ class MailboxFull(AcceptRejected):
     """The session already has the maximum number of pending turns."""
 
 
+class TooManyWaiters(ChatlaneError):
+    """This process already holds its cap of clients waiting for events."""
+
+
 class ModelError(ChatlaneError):
     """The model call did not produce a reply."""
+
+
+class ModelUnavailable(ModelError):
+    """The model could not be built; ``str()`` names the setting to fix."""
 
 
 class TransientModelError(ModelError):

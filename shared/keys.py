@@ -1,8 +1,9 @@
-"""The one key schema. Only this module formats a Redis key.
+"""The one key schema. Only this module formats a Redis key (or a pub/sub channel name).
 
 Every key of a session carries the hash tag ``{<tenant>:<session>}``, so each Lua
-script touches a single Redis Cluster slot. Keys outside any session (the index of
-active sessions, the sweeper's lock) are touched only by single-key commands.
+script touches a single Redis Cluster slot, and every key a script touches is passed in
+KEYS. Keys outside any session (the index of active sessions, the sweeper's election)
+are touched only by single-key commands.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 SESSION_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 TENANT_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+TURN_ID_PATTERN = r"^turn_[0-9a-f]{24}$"
 _SESSION_ID = re.compile(SESSION_ID_PATTERN)
 _TENANT_ID = re.compile(TENANT_ID_PATTERN)
 
@@ -43,7 +45,8 @@ class SessionKeys:
 
     @property
     def meta(self) -> str:
-        """Hash: ``next_seq`` (last handed out), ``done_seq`` (last committed), ``renudges``."""
+        """Hash: ``next_seq`` (last handed out), ``done_seq`` (last finished),
+        ``created_at`` / ``updated_at`` (ms), ``rewakes`` (the sweeper's backoff)."""
         return f"{self.tag}:meta"
 
     @property
@@ -62,26 +65,29 @@ class SessionKeys:
         return f"{self.tag}:lock"
 
     @property
-    def turn_prefix(self) -> str:
-        """Prefix of turn records; scripts append a turn id (same hash tag, same slot)."""
-        return f"{self.tag}:turn:"
-
-    def turn(self, turn_id: str) -> str:
-        """Hash: the turn record (status, input, output, error, timestamps)."""
-        return f"{self.turn_prefix}{turn_id}"
+    def turns(self) -> str:
+        """Hash: turn id -> the turn record as JSON (``shared.store.records.Turn``)."""
+        return f"{self.tag}:turns"
 
     @property
-    def events_prefix(self) -> str:
-        return f"{self.tag}:events:"
-
-    def events(self, turn_id: str) -> str:
-        """Stream: the turn's events (status changes, token deltas, the final event)."""
-        return f"{self.events_prefix}{turn_id}"
+    def turn_index(self) -> str:
+        """Sorted set: turn ids scored by their sequence number (for listing)."""
+        return f"{self.tag}:turn_index"
 
     @property
-    def nudged(self) -> str:
-        """String present while a sweeper re-nudge of this session is outstanding."""
-        return f"{self.tag}:nudged"
+    def events(self) -> str:
+        """Stream: every event of the session's turns (status, delta, final), in order."""
+        return f"{self.tag}:events"
+
+    @property
+    def channel(self) -> str:
+        """Pub/sub channel announcing each event appended to ``events`` (not a key)."""
+        return f"{self.tag}:notify"
+
+    @property
+    def woken(self) -> str:
+        """String present while a wake-up sent by the sweeper is outstanding."""
+        return f"{self.tag}:woken"
 
     def idempotency(self, key: str) -> str:
         """String: the turn id an ``Idempotency-Key`` produced, with the request fingerprint."""
@@ -98,7 +104,8 @@ class GlobalKeys:
         return f"{self.prefix}:active"
 
     @property
-    def sweeper_lock(self) -> str:
+    def sweeper(self) -> str:
+        """String: held by the worker elected to sweep for the current interval."""
         return f"{self.prefix}:sweeper"
 
 

@@ -1,25 +1,70 @@
-"""Client factories. Stores take a client, never a URL; callers own the client's lifetime."""
+"""Client factories and start-up checks. Stores take a client, never a URL; callers own
+the client's lifetime.
+
+No blocking command (``BLPOP``, ``XREAD BLOCK``) is ever sent on these clients: waiting
+goes through ``shared.store.waiting.EventHub``'s pub/sub connection, so a command's
+socket timeout bounds only real work.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from shared.errors import ConfigurationError
+
+COMMAND_TIMEOUT_S = 10.0
+CONNECT_TIMEOUT_S = 5.0
 
 
-def sync_client(url: str, *, max_connections: int = 64) -> redis.Redis:
-    """A thread-safe client whose pool blocks (rather than fails) when all connections are busy."""
-    pool = redis.BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=30, decode_responses=True
-    )
-    return redis.Redis.from_pool(pool)
-
-
-def async_client(url: str, *, max_connections: int = 4096) -> aioredis.Redis:
-    """An asyncio client; long-polls hold one connection each while they wait."""
+def async_client(url: str, *, max_connections: int = 256, name: str = "chatlane") -> aioredis.Redis:
+    """An asyncio client whose pool waits (up to the command timeout) for a free
+    connection rather than failing; connections are named for ``CLIENT LIST``."""
     pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=30, decode_responses=True
+        url,
+        max_connections=max_connections,
+        timeout=COMMAND_TIMEOUT_S,
+        socket_timeout=COMMAND_TIMEOUT_S,
+        socket_connect_timeout=CONNECT_TIMEOUT_S,
+        client_name=name,
+        decode_responses=True,
     )
     return aioredis.Redis.from_pool(pool)
+
+
+def pubsub_client(url: str, *, name: str = "chatlane-hub") -> aioredis.Redis:
+    """The client of an ``EventHub``: one connection, and no retries of redis-py's own
+    (a retry would reconnect from whichever task hit the error, racing the hub's reader)."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=2,
+        timeout=COMMAND_TIMEOUT_S,
+        socket_timeout=COMMAND_TIMEOUT_S,
+        socket_connect_timeout=CONNECT_TIMEOUT_S,
+        client_name=name,
+        decode_responses=True,
+        retry=Retry(NoBackoff(), 0),
+    )
+    return aioredis.Redis.from_pool(pool)
+
+
+def sync_client(url: str, *, max_connections: int = 16, name: str = "chatlane") -> redis.Redis:
+    """A thread-safe client (tools, the LangChain history adapter, tests)."""
+    pool = redis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=COMMAND_TIMEOUT_S,
+        socket_timeout=COMMAND_TIMEOUT_S,
+        socket_connect_timeout=CONNECT_TIMEOUT_S,
+        client_name=name,
+        decode_responses=True,
+    )
+    return redis.Redis.from_pool(pool)
 
 
 def answers(url: str, *, timeout_s: float = 0.5) -> bool:
@@ -31,3 +76,35 @@ def answers(url: str, *, timeout_s: float = 0.5) -> bool:
         return False
     finally:
         client.close()
+
+
+def masked(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (safe to print and log)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def eviction_problem(policy: str, url: str) -> str | None:
+    """Why a server with ``maxmemory-policy`` ``policy`` must not hold chatlane's data."""
+    if policy == "noeviction":
+        return None
+    return (
+        f"the Redis at {masked(url)} evicts keys when full (maxmemory-policy {policy}): an "
+        "evicted mailbox or turn record is a lost turn. Set maxmemory-policy noeviction, "
+        "or CHATLANE_ALLOW_EVICTION=true to run anyway."
+    )
+
+
+async def check_eviction_policy(client: Any, url: str) -> None:
+    """Raise ``ConfigurationError`` unless the server never evicts keys."""
+    info = await client.info("memory")
+    problem = eviction_problem(str(info.get("maxmemory_policy", "noeviction")), url)
+    if problem is not None:
+        raise ConfigurationError(problem)

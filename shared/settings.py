@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import cached_property
+from pathlib import Path
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -19,6 +20,8 @@ class Settings(BaseSettings):
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     broker_url: str | None = None
+    allow_eviction: bool = False
+    data_dir: Path = Path(".chatlane")
     key_prefix: str = Field(default="chatlane", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
 
     model: str = Field(default="echo", pattern=r"^(echo|openai:.+)$")
@@ -47,6 +50,7 @@ class Settings(BaseSettings):
     max_message_chars: int = Field(default=32_000, ge=1)
     max_pending_turns: int = Field(default=1000, ge=1)
     max_wait_s: float = Field(default=60.0, ge=0)
+    max_waiters: int = Field(default=10_000, ge=0)
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=1)
     default_tenant: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
 

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
 import redis
 
-from shared.redis import sync_client
-from shared.redis_server import ManagedRedis
-from shared.scripts import Scripts
+from cli.redis_server import ManagedRedis
+from shared.keys import SessionKeys
+from shared.redis import async_client, sync_client
 from shared.settings import Settings
+from shared.store import SessionStore
 
 TEST_DEFAULTS: dict[str, Any] = {
     "sweep_interval_s": 0.5,
@@ -82,11 +83,27 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[redis.Redis]:
+    """A synchronous client for looking at what the code under test wrote."""
     c = sync_client(settings.redis_url)
     yield c
     c.close()
 
 
 @pytest.fixture
-def scripts(client: redis.Redis) -> Scripts:
-    return Scripts.register(client)
+async def make_store(
+    make_settings: Callable[..., Settings],
+) -> AsyncIterator[Callable[..., SessionStore]]:
+    """Stores on one asyncio client, each with the test's settings plus overrides."""
+    aclient = async_client(make_settings().redis_url)
+    yield lambda **overrides: SessionStore(aclient, make_settings(**overrides))
+    await aclient.aclose()
+
+
+@pytest.fixture
+def store(make_store: Callable[..., SessionStore]) -> SessionStore:
+    return make_store()
+
+
+@pytest.fixture
+def keys(settings: Settings) -> SessionKeys:
+    return SessionKeys(settings.key_prefix, "acme", "s-1")

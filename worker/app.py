@@ -1,74 +1,48 @@
-"""The Celery application and the per-process dependencies of the turn pipeline.
+"""The Celery application: ``create_celery(settings)`` registers the wake-up task;
+``celery -A worker.app worker`` runs the module-level ``app``.
 
-``celery -A worker.app worker`` runs the threads pool by default: model calls are
-slow I/O, so one process keeps ``CHATLANE_WORKER_CONCURRENCY`` turns in flight.
-Reliability settings are belt and braces; correctness never relies on them (the turn
-lives in Redis and the Celery message is only a wake-up call).
+The threads pool carries wake-ups to the process's asyncio engine (``worker.engine``),
+which runs the turns. Reliability settings are belt and braces; correctness never
+relies on them (the turn lives in Redis and the Celery message is only a wake-up).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import threading
+import sys
 from typing import Any
 
 from celery import Celery, signals
 
-from shared.lock import LeaseKeeper
-from shared.nudge import DRAIN_TASK, Nudger
-from shared.redis import sync_client
-from shared.scripts import Scripts
+from shared.errors import ChatlaneError
 from shared.settings import Settings
+from shared.wakeup import WAKE_UP_TASK
 from worker.config import QUIET_LOGGERS, celery_config
-from worker.model import build_model
-from worker.sweeper import Sweeper
-from worker.turn import TurnDeps
+from worker.engine import Engine
 
 
 def create_celery(settings: Settings) -> Celery:
+    """A Celery app with the ``chatlane.wake_up`` task, bound to its own engine."""
     app = Celery("chatlane", broker=settings.effective_broker_url, set_as_current=False)
     app.conf.update(celery_config(settings))
-    app.conf.chatlane_settings = settings
+    engine = Engine(settings)
+    app.conf.chatlane_engine = engine
+
+    @app.task(name=WAKE_UP_TASK, ignore_result=True)
+    def wake_up(tenant: str, session: str) -> int:
+        """Drain the session unless another worker is doing so; returns turns committed.
+
+        Carries only ids: a lost or duplicated message is harmless (the sweeper sends
+        another; a second drain finds the session busy or empty).
+        """
+        return engine.drain(tenant, session)
+
     return app
 
 
-class _ProcessDeps:
-    """Lazily builds one ``TurnDeps`` per process (after any fork), thread-safely."""
-
-    def __init__(self) -> None:
-        self._guard = threading.Lock()
-        self._deps: TurnDeps | None = None
-        self._pid = 0
-
-    def get(self, settings: Settings) -> TurnDeps:
-        deps = self._deps
-        if deps is not None and self._pid == os.getpid():
-            return deps
-        with self._guard:
-            if self._deps is None or self._pid != os.getpid():
-                client = sync_client(
-                    settings.redis_url, max_connections=settings.worker_concurrency + 16
-                )
-                scripts = Scripts.register(client)
-                self._deps = TurnDeps(
-                    settings=settings,
-                    client=client,
-                    scripts=scripts,
-                    model=build_model(settings),
-                    leases=LeaseKeeper(client, scripts, settings.lock_ttl_ms),
-                )
-                self._pid = os.getpid()
-            return self._deps
-
-
-process_deps = _ProcessDeps()
-app = create_celery(Settings())
-
-
-def settings_of(celery_app: Any) -> Settings:
-    settings: Settings = celery_app.conf.chatlane_settings
-    return settings
+def engine_of(celery_app: Any) -> Engine | None:
+    engine: Engine | None = celery_app.conf.get("chatlane_engine")
+    return engine
 
 
 @signals.after_setup_logger.connect
@@ -77,17 +51,25 @@ def _quiet_per_task_logs(**_: Any) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-@signals.worker_ready.connect
-def _start_sweeper(sender: Any = None, **_: Any) -> None:
-    celery_app = sender.app if sender is not None else app
-    settings = settings_of(celery_app)
-    deps = process_deps.get(settings)
-    nudger = Nudger(celery_app, settings.queue)
-    sweeper = Sweeper(deps.client, deps.scripts, settings, nudger.nudge)
-    sweeper.start()
-    celery_app.conf.chatlane_sweeper = sweeper
+@signals.worker_init.connect
+def _start_engine(sender: Any = None, **_: Any) -> None:
+    """Refuse to start, with one line naming the setting to fix, rather than take work
+    this worker cannot do."""
+    engine = engine_of(sender.app) if sender is not None else None
+    if engine is None:
+        return
+    try:
+        engine.start()
+    except ChatlaneError as refused:
+        print(f"chatlane worker: {refused}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
-import worker.tasks  # noqa: E402,F401  (registers the drain task on ``app``)
+@signals.worker_shutdown.connect
+def _stop_engine(sender: Any = None, **_: Any) -> None:
+    engine = engine_of(sender.app) if sender is not None else None
+    if engine is not None:
+        engine.stop()
 
-__all__ = ["DRAIN_TASK", "app", "create_celery", "process_deps", "settings_of"]
+
+app = create_celery(Settings())

@@ -9,7 +9,7 @@ from shared.settings import Settings
 
 # INFO lines logged per task ("received", "succeeded") and per model request (httpx): at
 # hundreds of turns per second they cost CPU and say nothing a turn record does not.
-QUIET_LOGGERS = ("celery.app.trace", "celery.worker.strategy", "httpx")
+QUIET_LOGGERS = ("celery.app.trace", "celery.worker.strategy", "httpx", "httpx2")
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:

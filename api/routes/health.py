@@ -1,4 +1,4 @@
-"""Liveness and readiness."""
+"""Liveness, readiness and metrics."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from fastapi.responses import PlainTextResponse
 from api.deps import State
 from api.metrics import CONTENT_TYPE
 from api.problems import problem
+from shared.errors import ConfigurationError
+from shared.redis import check_eviction_policy
 
 router = APIRouter(tags=["health"])
 
@@ -28,20 +30,27 @@ async def metrics(state: State) -> PlainTextResponse:
 
 @router.get("/readyz", response_model=None)
 async def readyz(state: State) -> dict[str, str] | Response:
-    """Redis and the broker both answer."""
+    """Redis answers (and never evicts keys), and so does the broker."""
     checks: dict[str, str] = {}
     try:
-        await asyncio.wait_for(state.redis.ping(), timeout=2)
+        async with asyncio.timeout(2):
+            await state.store.client.ping()
+            if not state.eviction_checked:
+                await check_eviction_policy(state.store.client, state.settings.redis_url)
+                state.eviction_checked = True
         checks["redis"] = "ok"
+    except ConfigurationError as refused:
+        checks["redis"] = f"unsafe: {refused}"
     except Exception as exc:
         checks["redis"] = f"unreachable: {type(exc).__name__}"
     try:
-        await asyncio.wait_for(state.nudger.check(), timeout=3)
+        async with asyncio.timeout(3):
+            await state.wake_ups.check()
         checks["broker"] = "ok"
     except Exception as exc:
         checks["broker"] = f"unreachable: {type(exc).__name__}"
     if all(v == "ok" for v in checks.values()):
         return {"status": "ready", **checks}
     return problem(
-        503, "Not ready", "A dependency is unreachable.", kind="not-ready", checks=checks
+        503, "Not ready", "A dependency is unreachable or unsafe.", kind="not-ready", checks=checks
     )

@@ -1,24 +1,22 @@
-"""``/v1/sessions/{session_id}/turns``: accept a turn, read a turn."""
+"""``/v1/sessions/{session_id}/turns``: accept a turn, read a turn, list turns."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from api.deps import SessionId, State, session_keys
-from api.enqueue import accept
+from api.deps import SessionId, State, TurnId, Wait, session_keys
 from api.problems import problem
-from api.turns import TURN_ID_PATTERN, accepted_turn, read_turn_waiting
-from shared.schemas import Turn, TurnIn
+from api.schemas import TurnIn, TurnsPage
+from api.waiting import accepted_turn
+from shared.intake import submit
+from shared.store import Turn, wait_for_turn
 
 router = APIRouter(prefix="/v1/sessions/{session_id}/turns", tags=["turns"])
 
-Wait = Annotated[
-    float, Query(ge=0, le=60, description="Seconds to wait for a terminal status (0–60).")
-]
 IdempotencyKey = Annotated[
     str | None,
     Header(alias="Idempotency-Key", pattern=r"^[\x21-\x7e]{1,255}$"),
@@ -51,7 +49,7 @@ async def create_turn(
     body: Annotated[TurnIn, Depends(turn_body)],
     state: State,
     response: Response,
-    wait: Wait = 0,
+    wait: Wait,
     idempotency_key: IdempotencyKey = None,
 ) -> Turn | Response:
     """Accept a chat turn; it runs after every earlier turn of the session."""
@@ -64,25 +62,41 @@ async def create_turn(
             kind="message-too-long",
         )
     keys = session_keys(state, session_id)
-    input_doc = {"content": body.content}
-    accepted = await accept(
-        state, keys, kind="message", input_doc=input_doc, idempotency_key=idempotency_key
+    submitted = await submit(
+        state.store,
+        state.wake_ups,
+        keys,
+        input_doc={"content": body.content},
+        idempotency_key=idempotency_key,
     )
-    turn = await accepted_turn(state, keys, accepted, "message", input_doc, wait)
-    response.headers["Location"] = f"/v1/sessions/{session_id}/turns/{turn.id}"
-    if accepted.replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-    if turn.is_terminal and wait > 0:
-        response.status_code = 200
-    return turn
+    return await accepted_turn(state, keys, submitted, wait, response)
+
+
+@router.get("", response_model=TurnsPage)
+async def list_turns(
+    session_id: SessionId,
+    state: State,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    order: Annotated[Literal["asc", "desc"], Query(description="By sequence number.")] = "asc",
+    after: Annotated[
+        int | None, Query(ge=0, le=2**53, description="Start after this sequence number.")
+    ] = None,
+) -> TurnsPage:
+    """The session's turns, in sequence order (or the reverse)."""
+    page = await state.store.list_turns(
+        session_keys(state, session_id), limit=limit, order=order, after=after
+    )
+    turns: list[Turn] = page.items
+    return TurnsPage(
+        data=turns,
+        total=page.total,
+        has_more=page.has_more,
+        next_after=turns[-1].seq if page.has_more and turns else None,
+    )
 
 
 @router.get("/{turn_id}", response_model=Turn)
-async def get_turn(
-    session_id: SessionId,
-    turn_id: Annotated[str, Path(pattern=TURN_ID_PATTERN)],
-    state: State,
-    wait: Wait = 0,
-) -> Turn:
+async def get_turn(session_id: SessionId, turn_id: TurnId, state: State, wait: Wait) -> Turn:
     """The turn; with ``wait``, long-polls until it is terminal or the time is up."""
-    return await read_turn_waiting(state, session_keys(state, session_id), turn_id, wait)
+    keys = session_keys(state, session_id)
+    return await wait_for_turn(state.store, state.hub, keys, turn_id, wait)

@@ -12,12 +12,11 @@ from pathlib import Path
 import httpx
 import redis
 
-from shared import mailbox
 from shared.keys import SessionKeys
-from shared.schemas import Turn
-from shared.scripts import Scripts
 from shared.settings import Settings
+from shared.store import Turn
 from tests.support.cluster import Cluster
+from tests.support.store import accept
 
 
 def _wait_for(predicate: Callable[[], bool], timeout_s: float) -> bool:
@@ -29,19 +28,21 @@ def _wait_for(predicate: Callable[[], bool], timeout_s: float) -> bool:
     return False
 
 
+def _status(client: redis.Redis, keys: SessionKeys, turn_id: str) -> str | None:
+    raw = client.hget(keys.turns, turn_id)
+    return Turn.from_json(raw).status if raw else None  # type: ignore[arg-type]
+
+
 def test_a_turn_whose_wake_up_was_lost_is_run_by_the_sweeper(
     make_settings: Callable[..., Settings], client: redis.Redis, tmp_path: Path
 ) -> None:
     settings = make_settings(sweep_interval_s=0.3)
-    scripts = Scripts.register(client)
     keys = SessionKeys(settings.key_prefix, settings.default_tenant, "orphan")
     with Cluster(settings, tmp_path, workers=1, api=False):
         # Accepted (and so marked active), but no wake-up is ever sent.
-        turn_id = mailbox.accept(
-            client, scripts, settings, keys, input_doc={"content": "hi"}
-        ).turn_id
+        turn_id = accept(settings, "orphan", "hi")
 
-        assert _wait_for(lambda: client.hget(keys.turn(turn_id), "status") == "completed", 10)
+        assert _wait_for(lambda: _status(client, keys, turn_id) == "completed", 10)
     assert client.llen(keys.history) == 2
 
 
@@ -54,7 +55,7 @@ def test_a_turn_whose_worker_is_killed_mid_turn_completes_once_on_another_worker
         http = httpx.Client(base_url=cluster.base_url, timeout=30)
         first = http.post("/v1/sessions/victim/turns", json={"content": "one"}).json()
         second = http.post("/v1/sessions/victim/turns", json={"content": "two"}).json()
-        assert _wait_for(lambda: client.hget(keys.turn(first["id"]), "status") == "running", 10)
+        assert _wait_for(lambda: _status(client, keys, first["id"]) == "running", 10)
 
         cluster.worker_procs[0].send_signal(signal.SIGKILL)
         cluster.worker_procs[0].wait()
@@ -65,7 +66,7 @@ def test_a_turn_whose_worker_is_killed_mid_turn_completes_once_on_another_worker
             assert done["status"] == "completed", done
         http.close()
 
-    rescued = Turn.from_record(client.hgetall(keys.turn(first["id"])))
+    rescued = Turn.from_json(client.hget(keys.turns, first["id"]))  # type: ignore[arg-type]
     assert rescued.attempt == 2  # started by the killed worker, finished by the rescuer
     history = [json.loads(d)["data"]["content"] for d in client.lrange(keys.history, 0, -1)]
     assert history == [

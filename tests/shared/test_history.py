@@ -9,9 +9,9 @@ from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 from langchain_core.runnables.history import RunnableWithMessageHistory
 
-from shared.history import RedisChatMessageHistory, assistant_doc, to_messages, user_doc
 from shared.keys import SessionKeys
 from shared.settings import Settings
+from shared.store.history import RedisChatMessageHistory, assistant_doc, to_messages, user_doc
 
 
 # langchain-core 1.x marks RunnableWithMessageHistory deprecated (pointing to LangGraph);

@@ -7,7 +7,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from shared.processes import (
+from cli.redis_server import free_port
+from cli.supervise import (
     StartupFailed,
     api_command,
     spawn,
@@ -16,7 +17,6 @@ from shared.processes import (
     wait_for_ready,
     worker_command,
 )
-from shared.redis_server import free_port
 from shared.settings import Settings
 
 _ALIASES = {"openai_api_key": "OPENAI_API_KEY", "openai_base_url": "OPENAI_BASE_URL"}

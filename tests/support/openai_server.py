@@ -29,6 +29,7 @@ class Recorded:
 @dataclass
 class ModelServerState:
     latency_s: float = 0.0
+    latency_of: Callable[[list[dict[str, Any]]], float] | None = None
     conversation_of: Callable[[list[dict[str, Any]]], str] = lambda _m: ""
     prompts: list[Recorded] = field(default_factory=list)
     script: list[Behaviour] = field(default_factory=list)
@@ -81,8 +82,9 @@ class _Handler(BaseHTTPRequestHandler):
                 state.max_in_flight[conversation], state.in_flight[conversation]
             )
         try:
-            if state.latency_s:
-                time.sleep(state.latency_s)
+            latency = state.latency_of(messages) if state.latency_of else state.latency_s
+            if latency:
+                state.closing.wait(latency)
             text = reply_text(messages)
             if body.get("stream"):
                 self._send_stream(body.get("model", "m"), text)

@@ -1,36 +1,42 @@
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
 
 import pytest
-import redis
 from langchain_core.language_models import BaseChatModel
 
-from shared.lock import LeaseKeeper
-from shared.scripts import Scripts
+from shared.redis import async_client
 from shared.settings import Settings
-from worker.model import build_model
-from worker.turn import TurnDeps
+from shared.store import Heartbeat, SessionStore
+from worker.model import ModelSource
+from worker.turn import Runtime
 
-DepsFactory = Callable[..., TurnDeps]
+RuntimeFactory = Callable[..., Runtime]
 
 
 @pytest.fixture
-def make_deps(client: redis.Redis, scripts: Scripts) -> Iterator[DepsFactory]:
-    """The pipeline's dependencies on the real Redis, with a model of the test's choosing."""
-    keepers: list[LeaseKeeper] = []
+async def make_runtime() -> AsyncIterator[RuntimeFactory]:
+    """The pipeline's dependencies on the real Redis, with a model of the test's choosing
+    (and a running heartbeat, as in a worker)."""
+    clients = []
+    beats: list[asyncio.Task[None]] = []
 
-    def build(settings: Settings, model: BaseChatModel | None = None) -> TurnDeps:
-        keeper = LeaseKeeper(client, scripts, settings.lock_ttl_ms)
-        keepers.append(keeper)
-        return TurnDeps(
-            settings=settings,
-            client=client,
-            scripts=scripts,
-            model=model if model is not None else build_model(settings),
-            leases=keeper,
-        )
+    def build(
+        settings: Settings,
+        model: BaseChatModel | None = None,
+        store_class: type[SessionStore] = SessionStore,
+    ) -> Runtime:
+        client = async_client(settings.redis_url)
+        clients.append(client)
+        store = store_class(client, settings)
+        heartbeat = Heartbeat(store)
+        beats.append(asyncio.create_task(heartbeat.run()))
+        return Runtime(settings, store, heartbeat, ModelSource(settings, model))
 
     yield build
-    for keeper in keepers:
-        keeper.stop()
+    for beat in beats:
+        beat.cancel()
+    await asyncio.gather(*beats, return_exceptions=True)
+    for client in clients:
+        await client.aclose()

@@ -10,13 +10,10 @@ from typing import Any
 import pytest
 import redis
 
-from shared import mailbox
-from shared.keys import SessionKeys
-from shared.schemas import Turn
-from shared.scripts import Scripts
 from shared.settings import Settings
+from shared.store import Turn
 from tests.support.openai_server import Behaviour, ModelServer
-from tests.worker.conftest import DepsFactory
+from tests.worker.conftest import RuntimeFactory
 from worker.turn import DrainReport, drain_session
 
 
@@ -25,47 +22,41 @@ class Loopback:
     """Queues turns in one session, scripts the model server, drains, reads the turns."""
 
     client: redis.Redis
-    scripts: Scripts
     make_settings: Callable[..., Settings]
-    make_deps: DepsFactory
+    make_runtime: RuntimeFactory
     server: ModelServer
     report: DrainReport | None = None
     history_length: int = 0
 
-    def run(self, texts: list[str], script: list[Behaviour], **overrides: Any) -> list[Turn]:
+    async def run(self, texts: list[str], script: list[Behaviour], **overrides: Any) -> list[Turn]:
         settings = self.make_settings(
             model="openai:loopback",
             openai_base_url=self.server.base_url,
             openai_api_key="test-key",
             **{"model_max_retries": 2, "retry_backoff_s": 0.01, **overrides},
         )
-        keys = SessionKeys(settings.key_prefix, "default", "s")
-        ids = [
-            mailbox.accept(self.client, self.scripts, settings, keys, input_doc={"content": t})
-            for t in texts
-        ]
+        rt = self.make_runtime(settings)
+        keys = rt.store.keys("default", "s")
+        ids = [(await rt.store.accept(keys, input_doc={"content": t})).turn_id for t in texts]
         self.server.state.script = list(script)
-        self.report = drain_session(self.make_deps(settings), "default", "s")
+        self.report = await drain_session(rt, "default", "s")
         self.history_length = self.client.llen(keys.history)
-        return [Turn.from_record(self.client.hgetall(keys.turn(a.turn_id))) for a in ids]
+        return [Turn.from_json(self.client.hget(keys.turns, i)) for i in ids]  # type: ignore[arg-type]
 
 
 @pytest.fixture
 def loopback(
-    client: redis.Redis,
-    scripts: Scripts,
-    make_settings: Callable[..., Settings],
-    make_deps: DepsFactory,
+    client: redis.Redis, make_settings: Callable[..., Settings], make_runtime: RuntimeFactory
 ) -> Iterator[Loopback]:
     with ModelServer() as server:
-        yield Loopback(client, scripts, make_settings, make_deps, server)
+        yield Loopback(client, make_settings, make_runtime, server)
 
 
-def test_a_429_with_retry_after_is_retried_after_the_pause_then_succeeds(
+async def test_a_429_with_retry_after_is_retried_after_the_pause_then_succeeds(
     loopback: Loopback,
 ) -> None:
     started = time.monotonic()
-    [turn] = loopback.run(["hello"], [("status", "429", "1")])
+    [turn] = await loopback.run(["hello"], [("status", "429", "1")])
 
     assert turn.status == "completed"
     assert turn.output is not None
@@ -74,8 +65,8 @@ def test_a_429_with_retry_after_is_retried_after_the_pause_then_succeeds(
     assert len(loopback.server.state.prompts) == 1  # the 429 never reached the recorder
 
 
-def test_a_dropped_connection_is_retried(loopback: Loopback) -> None:
-    [turn] = loopback.run(["still there?"], [("drop",), ("status", "503")])
+async def test_a_dropped_connection_is_retried(loopback: Loopback) -> None:
+    [turn] = await loopback.run(["still there?"], [("drop",), ("status", "503")])
 
     assert turn.status == "completed"
     assert turn.output is not None
@@ -83,10 +74,10 @@ def test_a_dropped_connection_is_retried(loopback: Loopback) -> None:
     assert loopback.server.state.script == []  # both failures were consumed, then success
 
 
-def test_a_persistently_failing_model_fails_the_turn_and_the_next_turn_proceeds(
+async def test_a_persistently_failing_model_fails_the_turn_and_the_next_turn_proceeds(
     loopback: Loopback,
 ) -> None:
-    failed, ok = loopback.run(["one", "two"], [("status", "500")] * 3)  # try + 2 retries
+    failed, ok = await loopback.run(["one", "two"], [("status", "500")] * 3)  # try + 2 retries
 
     assert loopback.report is not None
     assert loopback.report.committed == 2
@@ -100,9 +91,9 @@ def test_a_persistently_failing_model_fails_the_turn_and_the_next_turn_proceeds(
     assert [m["role"] for m in loopback.server.state.prompts[-1].messages] == ["user"]
 
 
-def test_a_hanging_model_is_cut_off_by_the_request_timeout(loopback: Loopback) -> None:
+async def test_a_hanging_model_is_cut_off_by_the_request_timeout(loopback: Loopback) -> None:
     started = time.monotonic()
-    [turn] = loopback.run(
+    [turn] = await loopback.run(
         ["anyone there?"], [("hang",), ("hang",)], model_timeout_s=0.5, model_max_retries=1
     )
 
@@ -112,8 +103,10 @@ def test_a_hanging_model_is_cut_off_by_the_request_timeout(loopback: Loopback) -
     assert time.monotonic() - started < 5
 
 
-def test_a_request_the_model_refuses_fails_at_once_without_retries(loopback: Loopback) -> None:
-    [turn] = loopback.run(["bad"], [("status", "400"), ("status", "400")])
+async def test_a_request_the_model_refuses_fails_at_once_without_retries(
+    loopback: Loopback,
+) -> None:
+    [turn] = await loopback.run(["bad"], [("status", "400"), ("status", "400")])
 
     assert turn.status == "failed"
     assert turn.error is not None
@@ -121,11 +114,11 @@ def test_a_request_the_model_refuses_fails_at_once_without_retries(loopback: Loo
     assert loopback.server.state.script == [("status", "400")]  # exactly one request made
 
 
-def test_the_turn_deadline_fails_a_turn_whose_retries_would_overrun_it(
+async def test_the_turn_deadline_fails_a_turn_whose_retries_would_overrun_it(
     loopback: Loopback,
 ) -> None:
     started = time.monotonic()
-    [turn] = loopback.run(
+    [turn] = await loopback.run(
         ["hi"], [("status", "429", "30")],
         model_timeout_s=1, turn_deadline_s=1, model_max_retries=5,
     )  # fmt: skip

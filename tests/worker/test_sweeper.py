@@ -1,14 +1,12 @@
-"""The sweeper on real Redis: who it nudges, how often, and when it forgets a session."""
+"""The sweeper on real Redis: who it wakes, how often, and when it forgets a session."""
 
 from __future__ import annotations
 
 import redis
 
-from shared import mailbox
 from shared.keys import GlobalKeys, SessionKeys
-from shared.scripts import Scripts
 from shared.settings import Settings
-from worker.sweeper import Sweep
+from shared.store import SessionStore, Sweep
 
 
 def _stale(client: redis.Redis, settings: Settings, keys: SessionKeys) -> None:
@@ -16,47 +14,51 @@ def _stale(client: redis.Redis, settings: Settings, keys: SessionKeys) -> None:
     client.zadd(GlobalKeys(settings.key_prefix).active, {keys.member: 1})
 
 
-def test_a_stalled_session_is_nudged_once_however_many_sweeps_pass(
-    client: redis.Redis, scripts: Scripts, settings: Settings
+async def test_a_stalled_session_is_woken_once_however_many_sweeps_pass(
+    store: SessionStore, client: redis.Redis, settings: Settings
 ) -> None:
-    sent: list[tuple[str, str]] = []
-    sweep = Sweep(client, scripts, settings, lambda t, s: sent.append((t, s)))
+    sweep = Sweep(store)
     stalled = [SessionKeys(settings.key_prefix, "default", f"s{i}") for i in range(20)]
     for keys in stalled:
-        mailbox.accept(client, scripts, settings, keys, input_doc={"content": "x"})
+        await store.accept(keys, input_doc={"content": "x"})
         _stale(client, settings, keys)
 
+    woken: list[SessionKeys] = []
     for _ in range(5):  # the workers are saturated: nobody begins a turn meanwhile
-        sweep.once()
+        woken += await sweep.once()
 
-    assert sorted(sent) == sorted(("default", k.session) for k in stalled)
+    assert sorted(k.session for k in woken) == sorted(k.session for k in stalled)
 
 
-def test_locked_and_fresh_sessions_are_left_alone(
-    client: redis.Redis, scripts: Scripts, settings: Settings
+async def test_locked_and_fresh_sessions_are_left_alone(
+    store: SessionStore, client: redis.Redis, settings: Settings
 ) -> None:
-    sent: list[tuple[str, str]] = []
-    sweep = Sweep(client, scripts, settings, lambda t, s: sent.append((t, s)))
+    sweep = Sweep(store)
     held = SessionKeys(settings.key_prefix, "default", "held")
     fresh = SessionKeys(settings.key_prefix, "default", "fresh")
     for keys in (held, fresh):
-        mailbox.accept(client, scripts, settings, keys, input_doc={"content": "x"})
+        await store.accept(keys, input_doc={"content": "x"})
     _stale(client, settings, held)
     client.set(held.lock, "worker", px=10_000)
 
-    assert sweep.once() == 0
-    assert sent == []
+    assert await sweep.once() == []
 
 
-def test_an_idle_session_is_forgotten_only_after_two_sweeps_agree(
-    client: redis.Redis, scripts: Scripts, settings: Settings
+async def test_an_idle_session_is_forgotten_only_after_two_sweeps_agree(
+    store: SessionStore, client: redis.Redis, settings: Settings
 ) -> None:
     index = GlobalKeys(settings.key_prefix).active
-    sweep = Sweep(client, scripts, settings, lambda t, s: None)
+    sweep = Sweep(store)
     client.zadd(index, {"default:idle": 5, "default:revived": 5})
 
-    sweep.once()
+    await sweep.once()
     assert client.zcard(index) == 2  # seen idle once: kept
     client.zadd(index, {"default:revived": 6})  # a turn was accepted meanwhile
-    sweep.once()
+    await sweep.once()
     assert client.zrange(index, 0, -1) == ["default:revived"]
+
+
+async def test_one_sweeper_is_elected_per_interval(store: SessionStore) -> None:
+    first, second = Sweep(store), Sweep(store)
+    assert await first.elect(10_000) is True
+    assert await second.elect(10_000) is False

@@ -1,0 +1,35 @@
+"""The session store: the only code that knows session keys and scripts.
+
+``SessionStore`` (accept, begin, commit, read, list, clear), ``Lease`` and ``Heartbeat``
+(the session lock as one object), ``DeltaWriter`` (token deltas), ``EventHub`` and
+``wait_for_turn`` (waiting without a connection per waiter), ``Sweep`` (stalled
+sessions), ``history`` (LangChain's view of a session's messages), ``records`` (the
+typed turn record, events, sessions).
+"""
+
+from shared.store.deltas import DeltaWriter
+from shared.store.lease import Heartbeat, Lease
+from shared.store.records import Event, Session, Turn, TurnError, TurnOutput
+from shared.store.store import Accepted, Head, Outcome, Page, SessionStore
+from shared.store.sweep import Sweep
+from shared.store.waiting import EventHub, Watcher, wait_for_turn
+
+__all__ = [
+    "Accepted",
+    "DeltaWriter",
+    "Event",
+    "EventHub",
+    "Head",
+    "Heartbeat",
+    "Lease",
+    "Outcome",
+    "Page",
+    "Session",
+    "SessionStore",
+    "Sweep",
+    "Turn",
+    "TurnError",
+    "TurnOutput",
+    "Watcher",
+    "wait_for_turn",
+]

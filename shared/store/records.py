@@ -1,0 +1,121 @@
+"""The typed shapes of what the session store holds: turn records, events, sessions.
+
+A turn record is one JSON document in the session's ``turns`` hash. Python writes it
+once (``queued_record``); the scripts move it through its states and set only the
+state-machine fields (``seq``, ``status``, ``attempt``, ``output``, ``error`` and the
+timestamps, all in ms). ``Turn`` reads it, and is also what the HTTP API shows.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+TurnStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
+TurnKind = Literal["message", "clear"]
+EventType = Literal["status", "delta", "final"]
+TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+
+
+def now_ms() -> int:
+    """Wall-clock milliseconds, the unit of every timestamp in the store."""
+    return time.time_ns() // 1_000_000
+
+
+class TurnOutput(BaseModel):
+    content: str
+
+
+class TurnError(BaseModel):
+    code: str = Field(description="Machine-readable reason, e.g. `retries_exhausted`.")
+    message: str
+
+
+class Turn(BaseModel):
+    """One chat turn: its input, status and result. Timestamps are stored as ms and
+    shown as RFC 3339 date-times."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    object: Literal["turn"] = "turn"
+    session_id: str
+    kind: TurnKind = Field(description="`message`, or `clear` for a session clear.")
+    seq: int = Field(description="Position in the session: turns finish in this order.")
+    status: TurnStatus
+    attempt: int = Field(description="How many times a worker started this turn.")
+    input: dict[str, Any] | None
+    output: TurnOutput | None = None
+    error: TurnError | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> Turn:
+        """Parse a stored record (or a final event's data, which is the same document)."""
+        return cls.model_validate_json(raw)
+
+
+def queued_record(
+    turn_id: str, session_id: str, kind: str, input_doc: dict[str, Any] | None, created_ms: int
+) -> dict[str, Any]:
+    """The record ``accept.lua`` stores for a new turn (it adds ``seq``)."""
+    return {
+        "id": turn_id,
+        "session_id": session_id,
+        "kind": kind,
+        "status": "queued",
+        "attempt": 0,
+        "input": input_doc,
+        "output": None,
+        "error": None,
+        "created_at": created_ms,
+        "started_at": None,
+        "finished_at": None,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One entry of a session's event stream.
+
+    ``data`` is JSON: ``status`` events carry ``{status, seq, attempt}``; ``delta`` events
+    ``{attempt, try, text}``; the ``final`` event the whole finished turn record.
+    """
+
+    id: str
+    turn_id: str
+    type: EventType
+    data: str
+
+    @classmethod
+    def from_notice(cls, payload: str) -> Event:
+        """Parse a channel message: ``<entry id> <turn id> <type> <data>``."""
+        entry_id, turn_id, kind, data = payload.split(" ", 3)
+        return cls(entry_id, turn_id, kind, data)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_entry(cls, entry_id: str, fields: dict[str, str]) -> Event:
+        return cls(entry_id, fields["turn"], fields["type"], fields["data"])  # type: ignore[arg-type]
+
+
+class Session(BaseModel):
+    """A session's counters and timestamps."""
+
+    id: str
+    object: Literal["session"] = "session"
+    turn_count: int = Field(description="Turns ever accepted in this session.")
+    finished_turns: int = Field(description="Turns that reached a terminal status.")
+    pending_turns: int = Field(description="Turns queued or running.")
+    message_count: int = Field(description="Messages in the history.")
+    created_at: datetime
+    updated_at: datetime = Field(description="The last turn accepted or finished.")

@@ -1,0 +1,352 @@
+"""The session store: the only code that knows session keys and scripts.
+
+Each operation a turn has is one method here, and each write is one Lua script, so a
+session's queue, history, turn records, events and lock only ever change together.
+All I/O is asyncio; one store (and one client) serves a whole process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+from redis.exceptions import NoScriptError
+
+from shared.errors import (
+    CommitRejected,
+    IdempotencyConflict,
+    MailboxFull,
+    SessionBusy,
+    SessionNotFound,
+    TurnNotFound,
+)
+from shared.keys import GlobalKeys, SessionKeys
+from shared.settings import Settings
+from shared.store.records import Session, Turn, now_ms, queued_record
+from shared.store.scripts import Scripts
+
+Order = Literal["asc", "desc"]
+
+
+def new_turn_id() -> str:
+    return f"turn_{secrets.token_hex(12)}"
+
+
+def fingerprint(kind: str, input_json: bytes) -> str:
+    """What an ``Idempotency-Key`` is bound to: the operation and its exact input."""
+    return hashlib.sha256(kind.encode() + b"\n" + input_json).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A turn on the mailbox. ``turn`` is the record just written (None for a replay,
+    whose turn is read when needed); ``lock_held`` means a worker is draining the
+    session and will find the turn without a wake-up."""
+
+    turn_id: str
+    replayed: bool
+    lock_held: bool
+    turn: Turn | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """The mailbox head as ``begin`` hands it to the lock holder: the turn (now
+    ``running``, its ``attempt`` counted) and the session's history window."""
+
+    turn: Turn
+    history: list[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a turn produced: ``completed`` with output and history messages, or
+    ``failed`` with an error. ``tail`` is streamed text not yet written as a delta."""
+
+    status: Literal["completed", "failed"]
+    output: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    messages: tuple[dict[str, Any], ...] = ()
+    tail: str = ""
+    tail_try: int = 0
+
+
+@dataclass
+class Page:
+    items: list[Any] = field(default_factory=list)
+    total: int = 0
+    has_more: bool = False
+
+
+class SessionStore:
+    """Accept, begin, commit, read, list and clear turns of any session; asyncio.
+
+    Takes a client, never a URL (the caller owns the client). ``client`` must answer
+    with ``str`` (``decode_responses=True``).
+    """
+
+    def __init__(self, client: Any, settings: Settings) -> None:
+        self.client = client
+        self.settings = settings
+        self.scripts = Scripts.load()
+        self.globals = GlobalKeys(settings.key_prefix)
+
+    def keys(self, tenant: str, session: str) -> SessionKeys:
+        return SessionKeys(self.settings.key_prefix, tenant, session)
+
+    def _event_args(self, keys: SessionKeys) -> dict[str, Any]:
+        return {"events_ttl_ms": self.settings.events_ttl_ms, "channel": keys.channel}
+
+    # -- accept ---------------------------------------------------------------------------
+
+    async def accept(
+        self,
+        keys: SessionKeys,
+        *,
+        kind: Literal["message", "clear"] = "message",
+        input_doc: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        existing_only: bool = False,
+    ) -> Accepted:
+        """Record a turn (``queued``) at the end of the session's mailbox. One round trip.
+
+        The session is marked active for the sweeper *before* the script runs (same
+        pipeline), so the sweeper always knows of a session that may hold pending turns.
+        Raises ``IdempotencyConflict``, ``MailboxFull`` or (with ``existing_only``)
+        ``SessionNotFound``; then nothing was queued.
+        """
+        settings = self.settings
+        created = now_ms()
+        turn_id = new_turn_id()
+        record = queued_record(turn_id, keys.session, kind, input_doc, created)
+        input_json = orjson.dumps(input_doc)
+        script_keys = [
+            keys.meta,
+            keys.mailbox,
+            keys.turns,
+            keys.turn_index,
+            keys.history,
+            keys.events,
+            keys.lock,
+            keys.idempotency(idempotency_key or ""),
+        ]
+        args = {
+            "turn": record,
+            "fingerprint": fingerprint(kind, input_json) if idempotency_key else "",
+            # Never remember a key longer than the turn it points to can live.
+            "idem_ttl_ms": min(settings.idempotency_ttl_s * 1000, settings.session_ttl_ms),
+            "max_pending": settings.max_pending_turns,
+            "existing_only": existing_only,
+            "now_ms": created,
+            "session_ttl_ms": settings.session_ttl_ms,
+            **self._event_args(keys),
+        }
+
+        def fill(pipe: Any) -> None:
+            pipe.zadd(self.globals.active, {keys.member: created})
+            self.scripts.accept.queue(pipe, script_keys, args)
+
+        reply = await self.run_pipeline(fill)
+        verdict = reply[-1]
+        if verdict[0] == "OK":
+            turn = Turn.model_validate({**record, "seq": int(verdict[2])})
+            return Accepted(turn_id, replayed=False, lock_held=bool(verdict[3]), turn=turn)
+        if verdict[0] == "REPLAY":
+            return Accepted(str(verdict[1]), replayed=True, lock_held=True)
+        if verdict[0] == "CONFLICT":
+            raise IdempotencyConflict(str(verdict[1]))
+        if verdict[0] == "NOT_FOUND":
+            raise SessionNotFound(f"No session {keys.session}.")
+        raise MailboxFull(f"{verdict[1]} turns are already pending in this session")
+
+    async def run_pipeline(self, fill: Callable[[Any], None]) -> list[Any]:
+        """One round trip: a pipeline that ``fill`` queues commands and scripts on. After
+        NOSCRIPT (a restarted server) the scripts are loaded and the pipeline is sent
+        again; only idempotent work may go into one (a NOSCRIPT script did not run, but
+        the commands around it did)."""
+        pipe = self.client.pipeline(transaction=False)
+        fill(pipe)
+        try:
+            result: list[Any] = await pipe.execute()
+        except NoScriptError:
+            await self.scripts.register(self.client)
+            pipe = self.client.pipeline(transaction=False)
+            fill(pipe)
+            result = await pipe.execute()
+        return result
+
+    # -- the worker's side ----------------------------------------------------------------
+
+    async def begin(self, keys: SessionKeys, token: str) -> Head | None:
+        """Take (or keep) the lock with ``token`` and the mailbox head; None when nothing
+        is pending (the lock is then released). Raises ``SessionBusy`` when another
+        worker holds the lock. One round trip."""
+        settings = self.settings
+        reply = await self.scripts.begin(
+            self.client,
+            [
+                keys.lock,
+                keys.mailbox,
+                keys.history,
+                keys.meta,
+                keys.turns,
+                keys.turn_index,
+                keys.events,
+                keys.woken,
+            ],
+            {
+                "token": token,
+                "lock_ttl_ms": settings.lock_ttl_ms,
+                "window": settings.history_window,
+                "now_ms": now_ms(),
+                "session_ttl_ms": settings.session_ttl_ms,
+                **self._event_args(keys),
+            },
+        )
+        if reply[0] == "BUSY":
+            raise SessionBusy(keys.member)
+        if reply[0] == "EMPTY":
+            return None
+        return Head(Turn.from_json(reply[1]), [orjson.loads(doc) for doc in reply[2:]])
+
+    async def commit(self, keys: SessionKeys, token: str, turn: Turn, outcome: Outcome) -> bool:
+        """Fenced commit of the head; True when the lock was released (mailbox empty).
+
+        Raises ``CommitRejected`` with ``NOT_OWNER``, ``DUPLICATE`` or ``OUT_OF_ORDER``;
+        then nothing was written. One round trip.
+        """
+        settings = self.settings
+        tail = ""
+        if outcome.tail:
+            tail = self.delta_data(turn.attempt, outcome.tail_try, outcome.tail)
+        reply = await self.scripts.commit(
+            self.client,
+            [
+                keys.lock,
+                keys.mailbox,
+                keys.history,
+                keys.meta,
+                keys.turns,
+                keys.turn_index,
+                keys.events,
+            ],
+            {
+                "token": token,
+                "turn_id": turn.id,
+                "status": outcome.status,
+                "output": outcome.output,
+                "error": outcome.error,
+                "messages": [orjson.dumps(m).decode() for m in outcome.messages],
+                "tail": tail,
+                "now_ms": now_ms(),
+                "session_ttl_ms": settings.session_ttl_ms,
+                "lock_ttl_ms": settings.lock_ttl_ms,
+                **self._event_args(keys),
+            },
+        )
+        if reply[0] != "OK":
+            raise CommitRejected(reply[0])
+        return bool(int(reply[1]))
+
+    @staticmethod
+    def delta_data(attempt: int, try_number: int, text: str) -> str:
+        """A ``delta`` event's data: the text, tagged with the attempt and model try."""
+        return orjson.dumps({"attempt": attempt, "try": try_number, "text": text}).decode()
+
+    async def append_delta(self, keys: SessionKeys, token: str, turn_id: str, data: str) -> bool:
+        """Append a delta event if ``token`` still holds the lock; False: nothing written."""
+        reply = await self.scripts.delta(
+            self.client,
+            [keys.lock, keys.events],
+            {"token": token, "turn_id": turn_id, "data": data, **self._event_args(keys)},
+        )
+        return bool(reply)
+
+    async def renew(self, leases: Sequence[tuple[SessionKeys, str]]) -> list[bool]:
+        """Extend every ``(keys, token)`` lease in one pipelined round trip; False = lost."""
+        if not leases:
+            return []
+        ttl_ms = self.settings.lock_ttl_ms
+
+        def fill(pipe: Any) -> None:
+            for keys, token in leases:
+                self.scripts.extend.queue(pipe, [keys.lock], {"token": token, "ttl_ms": ttl_ms})
+
+        return [bool(r) for r in await self.run_pipeline(fill)]
+
+    async def release(self, keys: SessionKeys, token: str, *, force: bool = False) -> int:
+        """Drop the lock: 1 released, 0 not the holder, -1 refused (turns are pending)."""
+        return int(
+            await self.scripts.release(
+                self.client, [keys.lock, keys.mailbox], {"token": token, "force": force}
+            )
+        )
+
+    # -- reading --------------------------------------------------------------------------
+
+    async def read_turn(self, keys: SessionKeys, turn_id: str) -> Turn:
+        raw = await self.client.hget(keys.turns, turn_id)
+        if raw is None:
+            raise TurnNotFound(f"No turn {turn_id} in session {keys.session}.")
+        return Turn.from_json(raw)
+
+    async def list_turns(
+        self, keys: SessionKeys, *, limit: int, order: Order = "asc", after: int | None = None
+    ) -> Page:
+        """Turns by sequence number, ``limit`` at a time, strictly after seq ``after`` in
+        the given order. Raises ``SessionNotFound`` for an unknown session."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.exists(keys.meta)
+        pipe.zcard(keys.turn_index)
+        bound = f"({after}" if after is not None else None
+        if order == "asc":
+            pipe.zrange(
+                keys.turn_index, bound or "-inf", "+inf", byscore=True, offset=0, num=limit + 1
+            )
+        else:
+            pipe.zrange(
+                keys.turn_index, bound or "+inf", "-inf",
+                byscore=True, desc=True, offset=0, num=limit + 1,
+            )  # fmt: skip
+        exists, total, ids = await pipe.execute()
+        if not exists:
+            raise SessionNotFound(f"No session {keys.session}.")
+        page_ids = ids[:limit]
+        raws = await self.client.hmget(keys.turns, page_ids) if page_ids else []
+        turns = [Turn.from_json(raw) for raw in raws if raw is not None]
+        return Page(turns, int(total), len(ids) > limit)
+
+    async def read_session(self, keys: SessionKeys) -> Session:
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hmget(keys.meta, "next_seq", "done_seq", "created_at", "updated_at")
+        pipe.llen(keys.mailbox)
+        pipe.llen(keys.history)
+        (next_seq, done_seq, created, updated), pending, messages = await pipe.execute()
+        if next_seq is None:
+            raise SessionNotFound(f"No session {keys.session}.")
+        return Session(
+            id=keys.session,
+            turn_count=int(next_seq),
+            finished_turns=int(done_seq or 0),
+            pending_turns=int(pending),
+            message_count=int(messages),
+            created_at=int(created),
+            updated_at=int(updated),
+        )
+
+    async def messages(self, keys: SessionKeys, *, offset: int, limit: int) -> Page:
+        """History documents, oldest first. Raises ``SessionNotFound`` for an unknown
+        session."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.exists(keys.meta)
+        pipe.lrange(keys.history, offset, offset + limit - 1)
+        pipe.llen(keys.history)
+        exists, raw, total = await pipe.execute()
+        if not exists:
+            raise SessionNotFound(f"No session {keys.session}.")
+        docs = [orjson.loads(doc) for doc in raw]
+        return Page(docs, int(total), offset + len(docs) < total)

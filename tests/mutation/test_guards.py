@@ -1,0 +1,247 @@
+"""Every guard of the scripts and every step of a turn, broken once on purpose: the tests
+named beside it must fail.
+
+Each mutant is one textual change to one file of a copy of the project; the named tests
+then run on that copy (against the same Redis, under their own key prefixes) and must
+fail — as test failures, not as errors or an empty collection. A guard that can be
+removed with every test still green is a guard no test protects.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+COPIED = ("api", "worker", "shared", "cli", "tests", "pyproject.toml")
+
+STORE = "tests/shared/test_store.py"
+SCRIPTS = "tests/shared/test_scripts.py"
+WAITING = "tests/shared/test_waiting.py"
+TURN = "tests/worker/test_turn.py"
+MODEL = "tests/worker/test_model_failures.py"
+SWEEPER = "tests/worker/test_sweeper.py"
+STARTUP = "tests/worker/test_startup.py"
+API = "tests/api/test_turns.py"
+SESSIONS = "tests/api/test_sessions.py"
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+def m(name: str, path: str, old: str, new: str, *tests: str) -> Mutant:
+    return Mutant(name, path, old, new, tests)
+
+
+LUA = "shared/store/scripts/"
+MUTANTS = [
+    # accept.lua
+    m("accept replays a repeated Idempotency-Key", LUA + "accept.lua",
+      "if string.sub(seen, sep + 1) == A.fingerprint then",
+      "if string.sub(seen, sep + 1) ~= A.fingerprint then",
+      f"{STORE}::test_idempotency_key_replays_and_refuses_a_different_body"),
+    m("accept caps pending turns", LUA + "accept.lua",
+      "if pending >= A.max_pending then", "if false then",
+      f"{STORE}::test_accept_refuses_beyond_the_pending_limit"),
+    m("accept refuses to clear an unknown session", LUA + "accept.lua",
+      'if A.existing_only and redis.call("EXISTS", KEYS[1]) == 0 then', "if false then",
+      f"{STORE}::test_clearing_a_session_that_does_not_exist_writes_nothing"),
+    m("accept reports a held lock", LUA + "accept.lua",
+      'return {"OK", rec.id, seq, redis.call("EXISTS", KEYS[7])}', 'return {"OK", rec.id, seq, 0}',
+      f"{STORE}::test_accept_says_whether_a_worker_holds_the_session"),
+    m("accept sets the session's expiry", LUA + "accept.lua",
+      "expire(A.session_ttl_ms, 1, 5)", "",
+      f"{STORE}::test_accept_assigns_sequence_numbers_in_order_and_queues_the_turn"),
+    # begin.lua
+    m("begin refuses a second holder", LUA + "begin.lua",
+      "if holder and holder ~= A.token then", "if false then",
+      f"{STORE}::test_begin_refuses_a_second_worker_and_releases_when_empty"),
+    m("begin releases the lock of an empty mailbox", LUA + "begin.lua",
+      '    if holder then\n      redis.call("DEL", KEYS[1])\n    end\n', "",
+      f"{STORE}::test_a_holder_that_finds_nothing_runnable_left_releases_the_lock"),
+    m("begin skips a finished head", LUA + "begin.lua",
+      'if rec and (rec.status == "queued" or rec.status == "running") then', "if rec then",
+      f"{STORE}::test_begin_skips_a_head_that_already_finished"),
+    m("begin counts the attempt", LUA + "begin.lua",
+      "rec.attempt = rec.attempt + 1", "rec.attempt = rec.attempt",
+      f"{TURN}::test_a_turn_started_too_many_times_is_failed_instead_of_retried_forever"),
+    m("begin sends only the history window", LUA + "begin.lua",
+      'redis.call("LRANGE", KEYS[3], -A.window, -1)', 'redis.call("LRANGE", KEYS[3], 0, -1)',
+      f"{TURN}::test_the_prompt_is_the_system_prompt_then_the_window_then_the_message"),
+    m("begin refreshes the session's expiry", LUA + "begin.lua",
+      "expire(A.session_ttl_ms, 2, 6)", "",
+      f"{STORE}::test_begin_refreshes_the_whole_sessions_expiry"),
+    m("begin resets the sweeper's backoff", LUA + "begin.lua",
+      'redis.call("DEL", KEYS[8])\n', "",
+      f"{STORE}::test_rewakes_back_off_until_a_worker_begins"),
+    m("begin takes keys only from KEYS", LUA + "begin.lua",
+      'redis.call("HGET", KEYS[5], head)', 'redis.call("HGET", A.turns_key, head)',
+      SCRIPTS),
+    # commit.lua
+    m("commit is fenced by the lock token", LUA + "commit.lua",
+      'if redis.call("GET", KEYS[1]) ~= A.token then', "if false then",
+      f"{STORE}::test_commit_by_a_worker_that_lost_the_lock_writes_nothing"),
+    m("commit refuses a finished turn", LUA + "commit.lua",
+      'if not rec or (rec.status ~= "queued" and rec.status ~= "running") then',
+      "if not rec then", f"{STORE}::test_replayed_commit_writes_nothing"),
+    m("commit refuses all but the head", LUA + "commit.lua",
+      'if redis.call("LINDEX", KEYS[2], 0) ~= A.turn_id then', "if false then",
+      f"{STORE}::test_commit_out_of_sequence_writes_nothing"),
+    m("commit of a clear empties history", LUA + "commit.lua",
+      'if rec.kind == "clear" then', "if false then",
+      f"{STORE}::test_a_clear_empties_history_in_order_and_has_no_output"),
+    m("commit of a failure writes no history", LUA + "commit.lua",
+      'elseif A.status == "completed" and #A.messages > 0 then', "elseif #A.messages > 0 then",
+      f"{STORE}::test_a_failed_turn_writes_no_history_and_the_session_moves_on"),
+    m("commit releases only an empty mailbox", LUA + "commit.lua",
+      'if redis.call("LLEN", KEYS[2]) == 0 then', "if true then",
+      f"{STORE}::test_commit_records_the_result_and_releases_the_lock_only_when_the_mailbox_is_empty"),
+    m("commit appends the final event", LUA + "commit.lua",
+      'emit(KEYS[7], A.turn_id, "final", encoded)', "",
+      f"{STORE}::test_events_are_kept_for_the_events_ttl_and_trimmed_by_age",
+      f"{WAITING}::test_a_waiter_gets_the_finished_turn_when_it_is_committed"),
+    m("commit trims old events", LUA + "commit.lua",
+      'redis.call("XTRIM", KEYS[7], "MINID"', 'redis.call("XLEN", KEYS[7]',
+      f"{STORE}::test_events_are_kept_for_the_events_ttl_and_trimmed_by_age"),
+    m("events expire after the events TTL", LUA + "_prelude.lua",
+      'redis.call("PEXPIRE", stream, A.events_ttl_ms)', "",
+      f"{STORE}::test_events_are_kept_for_the_events_ttl_and_trimmed_by_age"),
+    m("events are announced", LUA + "_prelude.lua",
+      'redis.call("PUBLISH", A.channel,', 'redis.call("ECHO",',
+      f"{WAITING}::test_a_waiter_gets_the_finished_turn_when_it_is_committed"),
+    # the small scripts
+    m("delta is fenced by the lock token", LUA + "delta.lua",
+      'if redis.call("GET", KEYS[1]) ~= A.token then', "if false then",
+      f"{STORE}::test_a_delta_from_a_worker_that_lost_the_lock_is_not_written"),
+    m("extend is fenced by the lock token", LUA + "extend.lua",
+      'if redis.call("GET", KEYS[1]) ~= A.token then', "if false then",
+      f"{STORE}::test_renew_extends_only_the_holders_lease"),
+    m("release is fenced by the lock token", LUA + "release.lua",
+      'if redis.call("GET", KEYS[1]) ~= A.token then', "if false then",
+      f"{STORE}::test_release_refuses_while_the_mailbox_has_entries"),
+    m("release refuses while turns are pending", LUA + "release.lua",
+      'if not A.force and redis.call("LLEN", KEYS[2]) > 0 then', "if false then",
+      f"{STORE}::test_release_refuses_while_the_mailbox_has_entries"),
+    m("one sweeper wake-up outstanding", LUA + "rewake.lua",
+      'if redis.call("EXISTS", KEYS[1]) == 1 then', "if false then",
+      f"{SWEEPER}::test_a_stalled_session_is_woken_once_however_many_sweeps_pass"),
+    m("sweeper wake-ups back off", LUA + "rewake.lua",
+      "2 ^ math.min(n - 1, 20)", "1",
+      f"{STORE}::test_rewakes_back_off_until_a_worker_begins"),
+    m("forget only an untouched session", LUA + "forget.lua",
+      'if redis.call("ZSCORE", KEYS[1], A.member) == A.score then', "if true then",
+      f"{STORE}::test_the_sweeper_forgets_a_session_only_if_untouched_since_it_was_read"),
+    # the steps of a turn
+    m("the system prompt leads the prompt", "worker/turn.py",
+      "        messages.append(SystemMessage(content=settings.system_prompt))\n",
+      "        pass\n",
+      f"{TURN}::test_the_prompt_is_the_system_prompt_then_the_window_then_the_message"),
+    m("the window keeps exchanges whole", "worker/turn.py",
+      "docs.to_messages(docs.trim_to_pairs(window))", "docs.to_messages(window)",
+      f"{TURN}::test_the_prompt_is_the_system_prompt_then_the_window_then_the_message"),
+    m("no wake-up while a worker holds the session", "shared/intake.py",
+      "    if accepted.lock_held:\n", "    if False:\n",
+      f"{API}::test_no_wake_up_is_sent_while_a_worker_holds_the_session"),
+    m("a wake-up for an idle session", "shared/intake.py",
+      "            await wake_ups.send(keys.tenant, keys.session)\n", "            pass\n",
+      f"{API}::test_every_turn_of_an_idle_session_sends_a_wake_up"),
+    m("a turn started too often fails", "worker/turn.py",
+      "if turn.attempt > settings.max_turn_attempts:", "if False:",
+      f"{TURN}::test_a_turn_started_too_many_times_is_failed_instead_of_retried_forever"),
+    m("a model that cannot be built fails the turn", "worker/turn.py",
+      "        return _failed(\"model_unavailable\", str(unavailable))\n",
+      "        raise unavailable\n",
+      f"{TURN}::test_a_model_that_cannot_be_built_fails_each_turn_with_the_reason"),
+    m("429 is retried", "worker/model.py",
+      "if status in (408, 409, 429) or status >= 500:", "if status >= 500:",
+      f"{MODEL}::test_a_429_with_retry_after_is_retried_after_the_pause_then_succeeds"),
+    m("400 is not retried", "worker/model.py",
+      "if status in (408, 409, 429) or status >= 500:", "if status >= 400:",
+      f"{MODEL}::test_a_request_the_model_refuses_fails_at_once_without_retries"),
+    m("Retry-After is honoured", "worker/model.py",
+      "pause = transient.retry_after_s\n", "pause = None\n",
+      f"{MODEL}::test_a_429_with_retry_after_is_retried_after_the_pause_then_succeeds"),
+    m("no retry past the deadline", "worker/model.py",
+      "if loop.time() + pause > deadline:", "if False:",
+      f"{MODEL}::test_the_turn_deadline_fails_a_turn_whose_retries_would_overrun_it"),
+    m("a lost lease cancels the model call", "shared/store/lease.py",
+      "            self._guarded.cancel()\n", "            pass\n",
+      f"{TURN}::test_a_lost_lease_cancels_the_model_call_at_once"),
+    m("a failed renewal loses the lease", "shared/store/lease.py",
+      "            if not ok:\n                lease.mark_lost()\n", "            pass\n",
+      f"{TURN}::test_a_lost_lease_cancels_the_model_call_at_once"),
+    m("streaming stops once the lock is lost", "shared/store/deltas.py",
+      '            raise LockLost("session lock lost while streaming")\n', "            pass\n",
+      f"{STORE}::test_streaming_stops_with_lock_lost_once_another_worker_holds_the_session"),
+    # waiting and the API
+    m("a renewed subscription makes waiters read again", "shared/store/waiting.py",
+      "            for watcher in watchers:\n                watcher.mark_stale()\n", "",
+      f"{WAITING}::test_a_lost_connection_is_renewed_and_waiters_still_get_their_turn"),
+    m("waiters are capped", "shared/store/waiting.py",
+      "if self._count >= self._max:", "if False:",
+      f"{WAITING}::test_waiters_beyond_the_cap_are_refused"),
+    m("an accepted turn is never an error", "api/waiting.py",
+      "        except Exception as exc:\n", "        except TooManyWaiters as exc:\n",
+      f"{API}::test_an_accepted_turn_is_answered_202_whatever_goes_wrong_while_waiting"),
+    m("the wait cap is the setting", "api/deps.py",
+      "    if wait > cap:\n", "    if wait > 60:\n",
+      f"{API}::test_the_wait_cap_can_be_raised_above_sixty_seconds"),
+    m("an unknown session is not found", "shared/store/store.py",
+      "        if next_seq is None:\n", "        if False:\n",
+      f"{SESSIONS}::test_an_unknown_session_is_a_404_problem_everywhere"),
+    m("a worker checks its model at start", "worker/engine.py",
+      "                models.get()  # raises ModelUnavailable naming the setting to fix\n", "",
+      f"{STARTUP}::test_a_worker_refuses_a_model_it_cannot_build_in_one_line"),
+    m("evicting servers are refused", "shared/redis.py",
+      '    if policy == "noeviction":\n        return None\n', "    return None\n",
+      f"{STARTUP}::test_the_api_refuses_a_redis_that_evicts_keys_unless_told_otherwise",
+      f"{STARTUP}::test_a_worker_refuses_a_redis_that_evicts_keys"),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the project's code and tests, mutated per test into a fresh copy."""
+    base = tmp_path_factory.mktemp("pristine")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in COPIED:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, base / name, ignore=ignore)
+        else:
+            shutil.copy2(source, base / name)
+    shutil.rmtree(base / "tests" / "mutation")
+    return base
+
+
+@pytest.mark.parametrize("mutant", MUTANTS, ids=[mutant.name for mutant in MUTANTS])
+def test_breaking_the_guard_fails_its_tests(
+    mutant: Mutant, pristine: Path, redis_url: str, tmp_path: Path
+) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(pristine, copy, symlinks=True)
+    target = copy / mutant.path
+    text = target.read_text()
+    assert text.count(mutant.old) == 1, f"{mutant.path} no longer holds the guard as written"
+    target.write_text(text.replace(mutant.old, mutant.new))
+    env = {**os.environ, "CHATLANE_TEST_REDIS_URL": redis_url, "PYTHONDONTWRITEBYTECODE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+         "-o", "addopts=", "--timeout", "60", *mutant.tests],
+        cwd=copy, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr
+    assert done.returncode == 1, f"the tests did not catch it (exit {done.returncode}): {summary}"
+    assert " failed" in summary and " error" not in summary, summary

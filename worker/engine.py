@@ -1,0 +1,143 @@
+"""The worker process's asyncio engine: one event loop, in its own thread, runs every
+turn's I/O (the session store, the model stream, the heartbeat, the sweeper).
+
+Celery still carries the wake-ups and spreads sessions across processes and hosts; its
+pool threads hand each session to the engine and wait for the drain to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Coroutine
+from concurrent.futures import Future
+from contextlib import suppress
+from typing import Any, TypeVar
+
+from shared.errors import ConfigurationError
+from shared.redis import async_client, check_eviction_policy, masked
+from shared.settings import Settings
+from shared.store import Heartbeat, SessionStore
+from shared.wakeup import open_wake_ups
+from worker.model import ModelSource
+from worker.sweeper import run_sweeper
+from worker.turn import Runtime, drain_session
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+REDIS_WAIT_S = 30.0
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop where it is installed (it is, with ``uvicorn[standard]``)."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop ships with uvicorn[standard]
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+class Engine:
+    """Start once per process (``start``), hand it sessions (``drain``), stop it at exit.
+
+    ``start`` refuses (``ConfigurationError``, ``ModelUnavailable``) when the model
+    cannot be built or Redis evicts keys, so a misconfigured worker never takes work.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._guard = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready: Future[Runtime] = Future()
+        self._stop: asyncio.Event | None = None
+
+    def start(self) -> Runtime:
+        with self._guard:
+            if self._thread is None:
+                models = ModelSource(self.settings)
+                models.get()  # raises ModelUnavailable naming the setting to fix
+                self._thread = threading.Thread(
+                    target=self._main, args=(models,), name="chatlane-engine", daemon=True
+                )
+                self._thread.start()
+        return self._ready.result()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the engine's loop and wait for its result (from any thread)."""
+        self.start()
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def drain(self, tenant: str, session: str) -> int:
+        """Drain one session (see ``worker.turn.drain_session``); turns committed."""
+        runtime = self.start()
+        return self.run(drain_session(runtime, tenant, session)).committed
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        loop, stop = self._loop, self._stop
+        if loop is None or stop is None or self._thread is None:
+            return
+        with suppress(RuntimeError):  # the loop already closed
+            loop.call_soon_threadsafe(stop.set)
+        self._thread.join(timeout_s)
+
+    def _main(self, models: ModelSource) -> None:
+        loop = new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self._serve(models))
+        except BaseException as exc:
+            if not self._ready.done():
+                self._ready.set_exception(exc)
+            else:
+                log.exception("the engine stopped")
+        finally:
+            loop.close()
+
+    async def _serve(self, models: ModelSource) -> None:
+        settings = self.settings
+        self._stop = asyncio.Event()
+        client = async_client(
+            settings.redis_url,
+            max_connections=settings.worker_concurrency + 16,
+            name="chatlane-worker",
+        )
+        try:
+            await _wait_for_redis(client, settings)
+            store = SessionStore(client, settings)
+            heartbeat = Heartbeat(store)
+            async with open_wake_ups(settings, client) as wake_ups:
+                tasks = [
+                    asyncio.create_task(heartbeat.run(), name="chatlane-heartbeat"),
+                    asyncio.create_task(run_sweeper(store, wake_ups), name="chatlane-sweeper"),
+                ]
+                self._ready.set_result(Runtime(settings, store, heartbeat, models))
+                await self._stop.wait()
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            await client.aclose()
+
+
+async def _wait_for_redis(client: Any, settings: Settings) -> None:
+    """Wait (up to ``REDIS_WAIT_S``) for Redis, then check that it never evicts keys."""
+    deadline = time.monotonic() + REDIS_WAIT_S
+    while True:
+        try:
+            await client.ping()
+            break
+        except Exception as exc:
+            if time.monotonic() > deadline:
+                raise ConfigurationError(
+                    f"no Redis answers at {masked(settings.redis_url)} ({exc})"
+                ) from exc
+            log.warning("waiting for Redis at %s: %s", masked(settings.redis_url), exc)
+            await asyncio.sleep(1)
+    if not settings.allow_eviction:
+        await check_eviction_policy(client, settings.redis_url)
