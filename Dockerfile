@@ -5,6 +5,7 @@ COPY pyproject.toml README.md ./
 COPY api ./api
 COPY worker ./worker
 COPY shared ./shared
+COPY cli ./cli
 RUN pip install --no-cache-dir . && useradd --create-home chatlane
 USER chatlane
 EXPOSE 8000

@@ -78,7 +78,8 @@ class Settings(BaseSettings):
 
     @property
     def events_ttl_ms(self) -> int:
-        """A finished turn's event stream is kept this long (never beyond the session)."""
+        """A session's event stream is kept this long after its last event (never beyond
+        the session), and events older than this are trimmed."""
         return min(self.events_ttl_s, self.session_ttl_s) * 1000
 
     @property

@@ -32,7 +32,12 @@ def test_api_and_worker_wait_for_a_healthy_redis_and_run_the_real_entry_points()
     assert services["worker"]["command"][:4] == ["celery", "-A", "worker.app", "worker"]
 
 
-def test_the_image_installs_every_package_the_services_import() -> None:
+def test_the_image_installs_every_package_the_project_ships() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = [p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]]
+    assert {"api", "worker", "shared"} <= set(packages)
     dockerfile = (ROOT / "Dockerfile").read_text()
-    for package in ("api", "worker", "shared"):
+    for package in packages:
         assert f"COPY {package} ./{package}" in dockerfile
