@@ -13,6 +13,8 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -213,7 +215,7 @@ MUTANTS = [
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the project's code and tests, mutated per test into a fresh copy."""
+    """A copy of the project's code and tests, mutated per mutant into a fresh copy."""
     base = tmp_path_factory.mktemp("pristine")
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for name in COPIED:
@@ -226,15 +228,14 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return base
 
 
-@pytest.mark.parametrize("mutant", MUTANTS, ids=[mutant.name for mutant in MUTANTS])
-def test_breaking_the_guard_fails_its_tests(
-    mutant: Mutant, pristine: Path, redis_url: str, tmp_path: Path
-) -> None:
-    copy = tmp_path / "copy"
+def run_mutant(mutant: Mutant, pristine: Path, redis_url: str, workdir: Path) -> tuple[int, str]:
+    """Apply ``mutant`` to a fresh copy and run its tests there: exit code and summary."""
+    copy = workdir / "copy"
     shutil.copytree(pristine, copy, symlinks=True)
     target = copy / mutant.path
     text = target.read_text()
-    assert text.count(mutant.old) == 1, f"{mutant.path} no longer holds the guard as written"
+    if text.count(mutant.old) != 1:
+        return -1, f"{mutant.path} no longer holds the guard as written"
     target.write_text(text.replace(mutant.old, mutant.new))
     env = {**os.environ, "CHATLANE_TEST_REDIS_URL": redis_url, "PYTHONDONTWRITEBYTECODE": "1"}
     done = subprocess.run(
@@ -242,6 +243,39 @@ def test_breaking_the_guard_fails_its_tests(
          "-o", "addopts=", "--timeout", "60", *mutant.tests],
         cwd=copy, env=env, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
+    shutil.rmtree(copy, ignore_errors=True)
     summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr
-    assert done.returncode == 1, f"the tests did not catch it (exit {done.returncode}): {summary}"
+    return done.returncode, summary
+
+
+@pytest.fixture(scope="module")
+def outcomes(
+    request: pytest.FixtureRequest,
+    pristine: Path,
+    redis_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[dict[str, Future[tuple[int, str]]]]:
+    """Every selected mutant, run two at a time (each run is one process of its own)."""
+    selected = {
+        item.callspec.params["mutant"].name
+        for item in request.session.items
+        if getattr(item, "callspec", None) is not None and "mutant" in item.callspec.params
+    }
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        yield {
+            mutant.name: pool.submit(
+                run_mutant, mutant, pristine, redis_url, tmp_path_factory.mktemp("mutant")
+            )
+            for mutant in MUTANTS
+            if mutant.name in selected
+        }
+        pool.shutdown(cancel_futures=True)
+
+
+@pytest.mark.parametrize("mutant", MUTANTS, ids=[mutant.name for mutant in MUTANTS])
+def test_breaking_the_guard_fails_its_tests(
+    mutant: Mutant, outcomes: dict[str, Future[tuple[int, str]]]
+) -> None:
+    code, summary = outcomes[mutant.name].result()
+    assert code == 1, f"the tests did not catch it (exit {code}): {summary}"
     assert " failed" in summary and " error" not in summary, summary
