@@ -22,9 +22,27 @@ COMMAND_TIMEOUT_S = 10.0
 CONNECT_TIMEOUT_S = 5.0
 
 
-def async_client(url: str, *, max_connections: int = 256, name: str = "chatlane") -> aioredis.Redis:
-    """An asyncio client whose pool waits (up to the command timeout) for a free
-    connection rather than failing; connections are named for ``CLIENT LIST``."""
+def async_client(
+    url: str, *, max_connections: int = 256, name: str = "chatlane", bounded: bool = False
+) -> aioredis.Redis:
+    """An asyncio client; connections are named for ``CLIENT LIST``.
+
+    Its pool waits (up to the command timeout) for a free connection rather than
+    failing. ``bounded``: the caller never runs more than ``max_connections`` commands
+    at once (a worker: one per session it drains, plus its heartbeat and sweeper), so a
+    plain pool will do, which costs ~15-30 us less CPU per command here.
+    """
+    if bounded:
+        return aioredis.Redis.from_pool(
+            aioredis.ConnectionPool.from_url(
+                url,
+                max_connections=max_connections,
+                socket_timeout=COMMAND_TIMEOUT_S,
+                socket_connect_timeout=CONNECT_TIMEOUT_S,
+                client_name=name,
+                decode_responses=True,
+            )
+        )
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,

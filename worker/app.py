@@ -29,13 +29,14 @@ def create_celery(settings: Settings) -> Celery:
     app.conf.chatlane_engine = engine
 
     @app.task(name=WAKE_UP_TASK, ignore_result=True)
-    def wake_up(tenant: str, session: str) -> int:
-        """Drain the session unless another worker is doing so; returns turns committed.
+    def wake_up(tenant: str, session: str) -> None:
+        """Hand the session to this process's engine, which drains it unless another
+        worker is doing so. Returns once handed over (blocks while the engine is full).
 
         Carries only ids: a lost or duplicated message is harmless (the sweeper sends
         another; a second drain finds the session busy or empty).
         """
-        return engine.drain(tenant, session)
+        engine.submit(tenant, session)
 
     return app
 

@@ -1,8 +1,11 @@
 """The worker process's asyncio engine: one event loop, in its own thread, runs every
 turn's I/O (the session store, the model stream, the heartbeat, the sweeper).
 
-Celery still carries the wake-ups and spreads sessions across processes and hosts; its
-pool threads hand each session to the engine and wait for the drain to finish.
+Celery still carries the wake-ups and spreads sessions across processes and hosts. Its
+pool threads only hand each session to the engine (``submit``) and return at once: a
+turn in flight costs a task on the loop, not a thread. Backpressure: while the engine
+already drains ``CHATLANE_WORKER_CONCURRENCY`` sessions, a hand-off blocks its pool
+thread, so the process stops taking wake-ups and other workers take them.
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._ready: Future[Runtime] = Future()
         self._stop: asyncio.Event | None = None
+        self._slots = threading.BoundedSemaphore(settings.worker_concurrency)
+        self._draining: set[asyncio.Task[Any]] = set()
 
     def start(self) -> Runtime:
         with self._guard:
@@ -72,18 +77,40 @@ class Engine:
         assert self._loop is not None
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
-    def drain(self, tenant: str, session: str) -> int:
-        """Drain one session (see ``worker.turn.drain_session``); turns committed."""
+    def submit(self, tenant: str, session: str) -> None:
+        """Have the engine drain one session (``worker.turn.drain_session``); returns once
+        it is handed over, blocking while the engine is at capacity."""
         runtime = self.start()
-        return self.run(drain_session(runtime, tenant, session)).committed
+        assert self._loop is not None
+        self._slots.acquire()
+        try:
+            self._loop.call_soon_threadsafe(self._spawn, runtime, tenant, session)
+        except RuntimeError:  # the loop closed: the sweeper will wake the session again
+            self._slots.release()
+            raise
 
-    def stop(self, timeout_s: float = 10.0) -> None:
+    def _spawn(self, runtime: Runtime, tenant: str, session: str) -> None:
+        task = asyncio.get_running_loop().create_task(drain_session(runtime, tenant, session))
+        self._draining.add(task)
+        task.add_done_callback(self._drained)
+
+    def _drained(self, task: asyncio.Task[Any]) -> None:
+        self._draining.discard(task)
+        self._slots.release()
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("draining a session failed", exc_info=exc)
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """Let the sessions being drained finish (up to ``grace_s``, by default the turn
+        deadline), then cancel what is left (its locks are released for another worker)
+        and stop the loop."""
         loop, stop = self._loop, self._stop
         if loop is None or stop is None or self._thread is None:
             return
+        grace = self.settings.turn_deadline_s if grace_s is None else grace_s
         with suppress(RuntimeError):  # the loop already closed
             loop.call_soon_threadsafe(stop.set)
-        self._thread.join(timeout_s)
+        self._thread.join(grace + 10)
 
     def _main(self, models: ModelSource) -> None:
         loop = new_event_loop()
@@ -106,6 +133,7 @@ class Engine:
             settings.redis_url,
             max_connections=settings.worker_concurrency + 16,
             name="chatlane-worker",
+            bounded=True,
         )
         try:
             await _wait_for_redis(client, settings)
@@ -118,9 +146,12 @@ class Engine:
                 ]
                 self._ready.set_result(Runtime(settings, store, heartbeat, models))
                 await self._stop.wait()
-                for task in tasks:
+                if self._draining:
+                    log.info("finishing %d sessions before stopping", len(self._draining))
+                    await asyncio.wait(set(self._draining), timeout=settings.turn_deadline_s)
+                for task in [*self._draining, *tasks]:
                     task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await asyncio.gather(*self._draining, *tasks, return_exceptions=True)
         finally:
             await client.aclose()
 

@@ -75,3 +75,21 @@ def test_a_turn_whose_worker_is_killed_mid_turn_completes_once_on_another_worker
         "two",
         "echo: two (saw 2 earlier messages)",
     ]
+
+
+def test_a_worker_stopped_warmly_finishes_the_turns_it_is_running(
+    make_settings: Callable[..., Settings], client: redis.Redis, tmp_path: Path
+) -> None:
+    settings = make_settings(echo_delay_s=2.0)
+    keys = SessionKeys(settings.key_prefix, settings.default_tenant, "leaving")
+    with Cluster(settings, tmp_path, workers=1) as cluster:
+        http = httpx.Client(base_url=cluster.base_url, timeout=30)
+        turn = http.post("/v1/sessions/leaving/turns", json={"content": "bye"}).json()
+        assert _wait_for(lambda: _status(client, keys, turn["id"]) == "running", 10)
+        worker = cluster.worker_procs[0]
+        worker.send_signal(signal.SIGTERM)  # Celery's warm shutdown
+        assert worker.wait(timeout=30) == 0
+        http.close()
+    done = Turn.from_json(client.hget(keys.turns, turn["id"]))  # type: ignore[arg-type]
+    assert done.status == "completed" and done.attempt == 1  # finished, not abandoned
+    assert client.get(keys.lock) is None
