@@ -119,17 +119,23 @@ def completed(client: redis.Redis, turns: Sequence[Accepted]) -> tuple[int, int]
 
 
 class InFlight:
-    """Samples kombu's unacked hash (tasks a worker holds: running or about to) every 50 ms."""
+    """Samples every 50 ms how much work a worker holds: for raw Celery, kombu's unacked
+    hash (tasks running or about to); for chatlane, the session locks held among the
+    round's sessions (drains in progress: the engine holds them after Celery's ack)."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, locks: Sequence[str] = ()) -> None:
         self._client = client
+        self._locks = list(locks)
         self._stop = threading.Event()
         self.samples: list[int] = []
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.wait(0.05):
-            self.samples.append(int(self._client.hlen("unacked")))
+            if self._locks:
+                self.samples.append(int(self._client.exists(*self._locks)))
+            else:
+                self.samples.append(int(self._client.hlen("unacked")))
 
     def __enter__(self) -> InFlight:
         self._thread.start()
@@ -160,13 +166,22 @@ def chatlane_batch(
 ) -> dict[str, float]:
     """One round: ``turns`` turns over ``turns // per_session`` fresh sessions."""
     sessions = [f"{tag}-s{i}" for i in range(turns // per_session)]
+    locks = [SessionKeys(settings.key_prefix, settings.default_tenant, s).lock for s in sessions]
     with Enqueuer(settings, connections=batch) as enqueuer:
         meters = {role: CpuMeter([pid]).start() for role, pid in pids.items()}
-        with InFlight(client) as flight:
+        with InFlight(client, locks) as flight:
             start = time.time()
             accepted, woken = enqueuer.enqueue_turns(sessions, per_session, batch)
+            # Celery acks a wake-up once the engine has the session: an idle broker means
+            # every session was handed over; the round ends when every turn is completed.
             idle_at = wait_until(
-                broker_idle(client, settings.queue), timeout_s=timeout_s, what="chatlane drains"
+                broker_idle(client, settings.queue), timeout_s=timeout_s, what="the hand-overs"
+            )
+            wait_until(
+                lambda: completed(client, accepted)[0] == len(accepted),
+                timeout_s=timeout_s,
+                interval_s=0.02,
+                what="chatlane drains",
             )
     done, last_ms = completed(client, accepted)
     if done != len(accepted):
