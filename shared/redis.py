@@ -22,6 +22,21 @@ COMMAND_TIMEOUT_S = 10.0
 CONNECT_TIMEOUT_S = 5.0
 
 
+def _options(name: str, max_connections: int, *, waits: bool) -> dict[str, Any]:
+    """What every chatlane pool has: named connections, ``str`` replies, bounded socket
+    waits; ``waits``: a blocking pool waits that long for a free connection."""
+    options: dict[str, Any] = {
+        "max_connections": max_connections,
+        "socket_timeout": COMMAND_TIMEOUT_S,
+        "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        "client_name": name,
+        "decode_responses": True,
+    }
+    if waits:
+        options["timeout"] = COMMAND_TIMEOUT_S
+    return options
+
+
 def async_client(
     url: str, *, max_connections: int = 256, name: str = "chatlane", bounded: bool = False
 ) -> aioredis.Redis:
@@ -33,56 +48,24 @@ def async_client(
     plain pool will do, which costs ~15-30 us less CPU per command here.
     """
     if bounded:
-        return aioredis.Redis.from_pool(
-            aioredis.ConnectionPool.from_url(
-                url,
-                max_connections=max_connections,
-                socket_timeout=COMMAND_TIMEOUT_S,
-                socket_connect_timeout=CONNECT_TIMEOUT_S,
-                client_name=name,
-                decode_responses=True,
-            )
-        )
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=COMMAND_TIMEOUT_S,
-        socket_timeout=COMMAND_TIMEOUT_S,
-        socket_connect_timeout=CONNECT_TIMEOUT_S,
-        client_name=name,
-        decode_responses=True,
-    )
-    return aioredis.Redis.from_pool(pool)
+        plain = _options(name, max_connections, waits=False)
+        return aioredis.Redis.from_pool(aioredis.ConnectionPool.from_url(url, **plain))
+    options = _options(name, max_connections, waits=True)
+    return aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(url, **options))
 
 
 def pubsub_client(url: str, *, name: str = "chatlane-hub") -> aioredis.Redis:
     """The client of an ``EventHub``: one connection, and no retries of redis-py's own
     (a retry would reconnect from whichever task hit the error, racing the hub's reader)."""
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=2,
-        timeout=COMMAND_TIMEOUT_S,
-        socket_timeout=COMMAND_TIMEOUT_S,
-        socket_connect_timeout=CONNECT_TIMEOUT_S,
-        client_name=name,
-        decode_responses=True,
-        retry=Retry(NoBackoff(), 0),
-    )
+    options = _options(name, 2, waits=True)
+    pool = aioredis.BlockingConnectionPool.from_url(url, retry=Retry(NoBackoff(), 0), **options)
     return aioredis.Redis.from_pool(pool)
 
 
 def sync_client(url: str, *, max_connections: int = 16, name: str = "chatlane") -> redis.Redis:
     """A thread-safe client (tools, the LangChain history adapter, tests)."""
-    pool = redis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=COMMAND_TIMEOUT_S,
-        socket_timeout=COMMAND_TIMEOUT_S,
-        socket_connect_timeout=CONNECT_TIMEOUT_S,
-        client_name=name,
-        decode_responses=True,
-    )
-    return redis.Redis.from_pool(pool)
+    options = _options(name, max_connections, waits=True)
+    return redis.Redis.from_pool(redis.BlockingConnectionPool.from_url(url, **options))
 
 
 def answers(url: str, *, timeout_s: float = 0.5) -> bool:

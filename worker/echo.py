@@ -27,6 +27,12 @@ def echo_reply(messages: list[BaseMessage]) -> str:
     return f"echo: {text} (saw {len(dialogue) - 1 if dialogue else 0} earlier messages)"
 
 
+def _chunks(messages: list[BaseMessage]) -> Iterator[tuple[str, ChatGenerationChunk]]:
+    """The reply, word by word (each with its trailing space)."""
+    for token in _TOKEN.findall(echo_reply(messages)):
+        yield token, ChatGenerationChunk(message=AIMessageChunk(content=token))
+
+
 class EchoChatModel(BaseChatModel):
     """Answers instantly (or after ``delay_s`` seconds), streaming word by word."""
 
@@ -56,8 +62,7 @@ class EchoChatModel(BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         if self.delay_s:
             time.sleep(self.delay_s)
-        for token in _TOKEN.findall(echo_reply(messages)):
-            chunk = ChatGenerationChunk(message=AIMessageChunk(content=token))
+        for token, chunk in _chunks(messages):
             if run_manager is not None:
                 run_manager.on_llm_new_token(token, chunk=chunk)
             yield chunk
@@ -71,8 +76,7 @@ class EchoChatModel(BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
-        for token in _TOKEN.findall(echo_reply(messages)):
-            chunk = ChatGenerationChunk(message=AIMessageChunk(content=token))
+        for token, chunk in _chunks(messages):
             if run_manager is not None:
                 await run_manager.on_llm_new_token(token, chunk=chunk)
             yield chunk

@@ -32,6 +32,19 @@ from shared.store.scripts import Scripts
 Order = Literal["asc", "desc"]
 
 
+def _turn_keys(keys: SessionKeys) -> list[str]:
+    """KEYS[1..7] of ``begin.lua`` and ``commit.lua``, in their order."""
+    return [
+        keys.lock,
+        keys.mailbox,
+        keys.history,
+        keys.meta,
+        keys.turns,
+        keys.turn_index,
+        keys.events,
+    ]
+
+
 def new_turn_id() -> str:
     return f"turn_{secrets.token_hex(12)}"
 
@@ -188,16 +201,7 @@ class SessionStore:
         settings = self.settings
         reply = await self.scripts.begin(
             self.client,
-            [
-                keys.lock,
-                keys.mailbox,
-                keys.history,
-                keys.meta,
-                keys.turns,
-                keys.turn_index,
-                keys.events,
-                keys.woken,
-            ],
+            [*_turn_keys(keys), keys.woken],
             {
                 "token": token,
                 "lock_ttl_ms": settings.lock_ttl_ms,
@@ -225,15 +229,7 @@ class SessionStore:
             tail = self.delta_data(turn.attempt, outcome.tail_try, outcome.tail)
         reply = await self.scripts.commit(
             self.client,
-            [
-                keys.lock,
-                keys.mailbox,
-                keys.history,
-                keys.meta,
-                keys.turns,
-                keys.turn_index,
-                keys.events,
-            ],
+            _turn_keys(keys),
             {
                 "token": token,
                 "turn_id": turn.id,
