@@ -72,15 +72,23 @@ class Enqueuer:
         self._wake_ups = await self._stack.enter_async_context(open_wake_ups(self.settings, client))
 
     def enqueue_turns(
-        self, sessions: Sequence[str], per_session: int, batch: int
+        self,
+        sessions: Sequence[str],
+        per_session: int,
+        batch: int,
+        content_of: Callable[[str], str] = lambda _session: "hello",
     ) -> tuple[list[Accepted], int]:
         """Accept ``per_session`` turns in each session (the k-th turn of every session
         before any (k+1)-th), ``batch`` submissions at a time. Returns every (session keys,
         turn id) and how many wake-ups were sent."""
-        return self._runner.run(self._enqueue(sessions, per_session, batch))
+        return self._runner.run(self._enqueue(sessions, per_session, batch, content_of))
 
     async def _enqueue(
-        self, sessions: Sequence[str], per_session: int, batch: int
+        self,
+        sessions: Sequence[str],
+        per_session: int,
+        batch: int,
+        content_of: Callable[[str], str],
     ) -> tuple[list[Accepted], int]:
         store, wake_ups = self._store, self._wake_ups
         assert store is not None and wake_ups is not None
@@ -91,7 +99,10 @@ class Enqueuer:
         for i in range(0, len(order), batch):
             chunk = order[i : i + batch]
             done = await asyncio.gather(
-                *(submit(store, wake_ups, k, input_doc={"content": "hello"}) for k in chunk)
+                *(
+                    submit(store, wake_ups, k, input_doc={"content": content_of(k.session)})
+                    for k in chunk
+                )
             )
             for keys, submitted in zip(chunk, done, strict=True):
                 if submitted.woke is False:

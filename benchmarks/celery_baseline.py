@@ -1,9 +1,12 @@
 """Raw Celery: the baseline that chatlane's numbers are compared with, in the same run.
 
-The app is configured exactly like chatlane's worker (``worker.config.celery_config``): same broker
-(read from the same ``CHATLANE_*`` settings), threads pool, concurrency, ``acks_late``,
-prefetch multiplier 1, JSON, no task events. Only the tasks differ: they do nothing (or
-sleep), so the difference to chatlane is chatlane's own work per turn. ``worker.app`` is
+The app is configured like chatlane's worker (``worker.config.celery_config``): same broker
+(read from the same ``CHATLANE_*`` settings), threads pool, ``acks_late``, prefetch
+multiplier 1, JSON, no task events. Its pool has ``CHATLANE_WORKER_CONCURRENCY`` threads:
+chatlane's few pool threads only hand sessions to its engine, which then holds that many
+at once, so that is the raw Celery worker doing the same amount of work at once. Only the
+tasks differ: they do nothing (or sleep), so the difference to chatlane is chatlane's own
+work per turn. ``worker.app`` is
 not imported: its ``worker_init`` handler would start chatlane's engine (its event loop,
 lease heartbeat and sweeper) in this worker.
 
@@ -38,7 +41,9 @@ def create_baseline(settings: Settings) -> Celery:
         backend=settings.redis_url,
         set_as_current=False,
     )
-    app.conf.update(celery_config(settings), result_serializer="json")
+    app.conf.update(
+        celery_config(settings, concurrency=settings.worker_concurrency), result_serializer="json"
+    )
 
     @app.task(name=NOOP, ignore_result=True, shared=False)
     def noop(*args: Any) -> None:

@@ -14,6 +14,7 @@ ChatlaneError
 ├── TooManyWaiters         this process already holds as many waiting clients as allowed
 └── ModelError
     ├── ModelUnavailable     the model could not be built (missing setting, bad import path)
+    ├── ModelRejected        the model refused the request (a 4xx): retrying cannot help
     ├── TransientModelError  worth retrying: 429, 5xx, timeout, dropped connection
     └── ModelGaveUp          retries or the turn deadline are exhausted
 """
@@ -83,6 +84,10 @@ class ModelError(ChatlaneError):
 
 class ModelUnavailable(ModelError):
     """The model could not be built; ``str()`` names the setting to fix."""
+
+
+class ModelRejected(ModelError):
+    """The model server refused the request (a 4xx other than 408/409/429)."""
 
 
 class TransientModelError(ModelError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -24,7 +25,10 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".chatlane")
     key_prefix: str = Field(default="chatlane", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
 
-    model: str = Field(default="echo", pattern=r"^(echo|openai:.+)$")
+    model: str = Field(
+        default="echo", pattern=r"^(echo|openai:.+|langchain-openai:.+|import:[\w.]+\.\w+)$"
+    )
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
     openai_api_key: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "CHATLANE_OPENAI_API_KEY")
     )

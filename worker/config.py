@@ -12,9 +12,14 @@ from shared.settings import Settings
 QUIET_LOGGERS = ("celery.app.trace", "celery.worker.strategy", "httpx", "httpx2")
 
 
-def celery_config(settings: Settings) -> dict[str, Any]:
+# Pool threads only hand sessions to the engine, which holds CHATLANE_WORKER_CONCURRENCY of
+# them at once; a few threads keep up, and while the engine is full they hold no more than
+# these few wake-ups back from other workers.
+HANDOFF_THREADS = 4
+
+
+def celery_config(settings: Settings, *, concurrency: int = HANDOFF_THREADS) -> dict[str, Any]:
     """Reliability settings are belt and braces; correctness never relies on them."""
-    concurrency = settings.worker_concurrency
     return {
         "task_default_queue": settings.queue,
         "task_acks_late": True,

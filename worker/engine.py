@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from shared.errors import ConfigurationError
 from shared.redis import async_client, check_eviction_policy, masked
 from shared.settings import Settings
-from shared.store import Heartbeat, SessionStore
+from shared.store import DeltaBatcher, Heartbeat, SessionStore
 from shared.wakeup import open_wake_ups
 from worker.model import ModelSource
 from worker.sweeper import run_sweeper
@@ -139,12 +139,16 @@ class Engine:
             await _wait_for_redis(client, settings)
             store = SessionStore(client, settings)
             heartbeat = Heartbeat(store)
+            deltas = DeltaBatcher(store, flush_s=settings.stream_flush_s)
             async with open_wake_ups(settings, client) as wake_ups:
                 tasks = [
                     asyncio.create_task(heartbeat.run(), name="chatlane-heartbeat"),
-                    asyncio.create_task(run_sweeper(store, wake_ups), name="chatlane-sweeper"),
+                    asyncio.create_task(deltas.run(), name="chatlane-deltas"),
+                    asyncio.create_task(
+                        run_sweeper(store, wake_ups, heartbeat.held), name="chatlane-sweeper"
+                    ),
                 ]
-                self._ready.set_result(Runtime(settings, store, heartbeat, models))
+                self._ready.set_result(Runtime(settings, store, heartbeat, deltas, models))
                 await self._stop.wait()
                 if self._draining:
                     log.info("finishing %d sessions before stopping", len(self._draining))
@@ -153,6 +157,7 @@ class Engine:
                     task.cancel()
                 await asyncio.gather(*self._draining, *tasks, return_exceptions=True)
         finally:
+            await models.aclose()
             await client.aclose()
 
 

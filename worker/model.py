@@ -1,42 +1,74 @@
-"""Building the chat model, and calling it with a timeout, bounded retries and a deadline."""
+"""Building the chat model, and calling it with a timeout, bounded retries and a deadline.
+
+``CHATLANE_MODEL`` names the model:
+
+- ``echo`` — the built-in offline model;
+- ``openai:<name>`` — any OpenAI-compatible server through chatlane's fast streaming
+  client (``worker.openai_stream``);
+- ``langchain-openai:<name>`` — ``langchain-openai``'s ``ChatOpenAI`` (tools, reasoning
+  fields and the rest of its features, at the ``openai`` SDK's cost per token);
+- ``import:<module>.<Class>`` — any LangChain chat model, built with
+  ``CHATLANE_MODEL_KWARGS`` (a JSON object).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import random
-import time
-from collections.abc import Awaitable, Callable, Mapping
-from email.utils import parsedate_to_datetime
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import httpx
 import openai
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
 
-from shared.errors import ModelGaveUp, ModelUnavailable, TransientModelError
+from shared.errors import ModelError, ModelGaveUp, ModelUnavailable, TransientModelError
 from shared.settings import Settings
 from worker.echo import EchoChatModel
+from worker.retry_after import retry_after_s
 
 log = logging.getLogger(__name__)
 
 
-def build_model(settings: Settings) -> BaseChatModel:
-    """``echo`` (offline) or ``openai:<name>`` via ``langchain-openai``'s ``ChatOpenAI``.
+@runtime_checkable
+class TextStreaming(Protocol):
+    """A model that can stream plain text, skipping LangChain's per-chunk objects."""
 
-    Raises ``ModelUnavailable`` naming the setting to fix. The OpenAI client's own
-    retries are off: ``call_model`` owns the retry budget so it can honour the turn
-    deadline and tag streamed deltas with the try.
+    def stream_text(self, messages: Sequence[BaseMessage]) -> AsyncIterator[str]: ...
+
+
+def build_model(settings: Settings) -> BaseChatModel:
+    """The model ``CHATLANE_MODEL`` names (see the module doc).
+
+    Raises ``ModelUnavailable`` naming the setting to fix. Client-side retries are off:
+    ``call_model`` owns the retry budget so it can honour the turn deadline and tag
+    streamed deltas with the try.
     """
-    if settings.model == "echo":
-        return EchoChatModel(delay_s=settings.echo_delay_s)
-    name = settings.model.removeprefix("openai:")
-    if settings.openai_api_key is None:
-        raise ModelUnavailable(
-            f"CHATLANE_MODEL={settings.model} needs OPENAI_API_KEY (any value, for a "
-            "server that checks none)"
-        )
+    spec = settings.model
     try:
+        if spec == "echo":
+            return EchoChatModel(delay_s=settings.echo_delay_s)
+        kind, _, name = spec.partition(":")
+        if kind == "import":
+            return _imported(name, settings.model_kwargs)
+        if settings.openai_api_key is None:
+            raise ModelUnavailable(
+                f"CHATLANE_MODEL={spec} needs OPENAI_API_KEY (any value, for a server "
+                "that checks none)"
+            )
+        if kind == "openai":
+            from worker.openai_stream import DEFAULT_BASE_URL, OpenAIStreamingChat
+
+            return OpenAIStreamingChat(
+                model_name=name,
+                api_key=settings.openai_api_key,
+                base_url=settings.openai_base_url or DEFAULT_BASE_URL,
+                timeout_s=settings.model_timeout_s,
+                model_kwargs=settings.model_kwargs,
+            )
         from langchain_openai import ChatOpenAI
 
         return ChatOpenAI(
@@ -46,9 +78,21 @@ def build_model(settings: Settings) -> BaseChatModel:
             timeout=settings.model_timeout_s,
             max_retries=0,
             streaming=True,
+            model_kwargs=settings.model_kwargs,
         )
+    except ModelUnavailable:
+        raise
     except Exception as exc:
-        raise ModelUnavailable(f"CHATLANE_MODEL={settings.model}: {exc}") from exc
+        raise ModelUnavailable(f"CHATLANE_MODEL={spec}: {type(exc).__name__}: {exc}") from exc
+
+
+def _imported(path: str, kwargs: dict[str, Any]) -> BaseChatModel:
+    module_name, _, class_name = path.rpartition(".")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    model = cls(**kwargs)
+    if not isinstance(model, BaseChatModel):
+        raise TypeError(f"{path} is not a LangChain chat model")
+    return model
 
 
 class ModelSource:
@@ -65,36 +109,66 @@ class ModelSource:
             self._model = build_model(self._settings)
         return self._model
 
+    async def aclose(self) -> None:
+        """Close the model's HTTP connections (chatlane's client, or ChatOpenAI's)."""
+        close = getattr(self._model, "aclose", None)
+        if close is not None:
+            await close()
+            return
+        client = getattr(self._model, "root_async_client", None)  # langchain-openai
+        if client is not None:
+            await client.close()
 
-def _retry_after_s(headers: Mapping[str, str] | None) -> float | None:
-    value = headers.get("retry-after") if headers is not None else None
-    if not value:
-        return None
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """Connection-level failures of the HTTP clients LangChain models run on: httpx, and
+    httpx2 (what the ``openai`` SDK runs on since 3.x, where it is installed)."""
+    found: list[type[BaseException]] = [httpx.TransportError, TimeoutError]
     try:
-        return max(0.0, float(value))
-    except ValueError:
-        try:
-            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-        except (TypeError, ValueError):
-            return None
+        import httpx2
+
+        found.append(httpx2.TransportError)
+    except ImportError:  # pragma: no cover - depends on the openai release
+        pass
+    return tuple(found)
+
+
+TRANSPORT_ERRORS = _transport_errors()
 
 
 def classify(exc: BaseException) -> TransientModelError | None:
     """Map a failure to a retryable error, or None when retrying cannot help (e.g. a 400)."""
     if isinstance(exc, TransientModelError):
         return exc
+    if isinstance(exc, ModelError):
+        return None
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
         if status in (408, 409, 429) or status >= 500:
             return TransientModelError(
-                f"model answered {status}", _retry_after_s(exc.response.headers)
+                f"model answered {status}", retry_after_s(exc.response.headers)
             )
         return None
     if isinstance(exc, openai.APIConnectionError):  # includes APITimeoutError
         return TransientModelError(f"model unreachable: {type(exc).__name__}")
-    if isinstance(exc, httpx.TimeoutException | httpx.TransportError | TimeoutError):
+    if isinstance(exc, TRANSPORT_ERRORS):  # e.g. a stream cut halfway, mid-iteration
         return TransientModelError(f"model unreachable: {type(exc).__name__}")
     return None
+
+
+def text_stream(model: BaseChatModel, messages: list[BaseMessage]) -> AsyncIterator[str]:
+    """The reply's text as it arrives: the fast path where the model has one, else
+    LangChain's ``astream``."""
+    if isinstance(model, TextStreaming):
+        return model.stream_text(messages)
+    return _texts(model, messages)
+
+
+async def _texts(model: BaseChatModel, messages: list[BaseMessage]) -> AsyncIterator[str]:
+    async for chunk in model.astream(messages):
+        text = chunk.text
+        if text:
+            yield text
 
 
 async def call_model(
@@ -110,7 +184,7 @@ async def call_model(
 
     ``deadline`` is an event-loop time. ``on_retry`` is called before every retry (so
     deltas can be tagged with the try). Raises ``ModelGaveUp`` when the budget or the
-    deadline runs out.
+    deadline runs out, or the model refuses.
     """
     loop = asyncio.get_running_loop()
     retries = 0
@@ -118,11 +192,9 @@ async def call_model(
         try:
             parts: list[str] = []
             async with asyncio.timeout_at(deadline):
-                async for chunk in model.astream(messages):
-                    text = chunk.text
-                    if text:
-                        parts.append(text)
-                        await on_delta(text)
+                async for text in text_stream(model, messages):
+                    parts.append(text)
+                    await on_delta(text)
             return "".join(parts)
         except TimeoutError as exc:
             if loop.time() >= deadline:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from shared.store import SessionStore, Sweep
 from shared.wakeup import WakeUps
@@ -17,8 +18,11 @@ from shared.wakeup import WakeUps
 log = logging.getLogger(__name__)
 
 
-async def run_sweeper(store: SessionStore, wake_ups: WakeUps) -> None:
-    """Sweep every ``CHATLANE_SWEEP_INTERVAL_S`` when elected, until cancelled."""
+async def run_sweeper(
+    store: SessionStore, wake_ups: WakeUps, held: Callable[[], frozenset[str]]
+) -> None:
+    """Sweep every ``CHATLANE_SWEEP_INTERVAL_S`` when elected, until cancelled. ``held``:
+    the sessions this process drains (they need no probe)."""
     interval = store.settings.sweep_interval_s
     sweep = Sweep(store)
     while True:
@@ -27,7 +31,7 @@ async def run_sweeper(store: SessionStore, wake_ups: WakeUps) -> None:
             # Held for most of an interval: other workers' sweepers skip this beat.
             if not await sweep.elect(int(interval * 900)):
                 continue
-            stalled = await sweep.once()
+            stalled = await sweep.once(held())
             for keys in stalled:
                 await wake_ups.send(keys.tenant, keys.session)
             if stalled:

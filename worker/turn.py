@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 
 from shared.errors import CommitRejected, LockLost, ModelGaveUp, ModelUnavailable, SessionBusy
 from shared.settings import Settings
-from shared.store import DeltaWriter, Head, Heartbeat, Lease, Outcome, SessionStore
+from shared.store import DeltaBatcher, Head, Heartbeat, Lease, Outcome, SessionStore
 from shared.store import history as docs
 from worker.model import ModelSource, call_model
 
@@ -31,6 +31,7 @@ class Runtime:
     settings: Settings
     store: SessionStore
     heartbeat: Heartbeat
+    deltas: DeltaBatcher
     models: ModelSource
 
 
@@ -99,7 +100,7 @@ async def run_turn(rt: Runtime, lease: Lease, head: Head) -> Outcome:
         message = f"the turn was started {turn.attempt - 1} times without finishing"
         return _failed("attempts_exhausted", message)
     content = (turn.input or {}).get("content", "")
-    writer = DeltaWriter(lease, turn.id, turn.attempt, settings.stream_flush_s)
+    writer = rt.deltas.writer(lease, turn.id, turn.attempt)
     deadline = asyncio.get_running_loop().time() + settings.turn_deadline_s
     try:
         model = rt.models.get()
@@ -122,6 +123,8 @@ async def run_turn(rt: Runtime, lease: Lease, head: Head) -> Outcome:
     except Exception as exc:
         log.exception("turn %s failed unexpectedly", turn.id)
         return _failed("internal_error", f"{type(exc).__name__}: {exc}")
+    finally:
+        tail = await writer.close()
     return Outcome(
         status="completed",
         output={"content": reply},
@@ -129,7 +132,7 @@ async def run_turn(rt: Runtime, lease: Lease, head: Head) -> Outcome:
             docs.user_doc(content, turn_id=turn.id),
             docs.assistant_doc(reply, turn_id=turn.id),
         ),
-        tail=writer.take_tail(),
+        tail=tail,
         tail_try=writer.try_number,
     )
 

@@ -7,7 +7,7 @@ sessions), ``history`` (LangChain's view of a session's messages), ``records`` (
 typed turn record, events, sessions).
 """
 
-from shared.store.deltas import DeltaWriter
+from shared.store.deltas import DeltaBatcher, DeltaWriter
 from shared.store.lease import Heartbeat, Lease
 from shared.store.records import Event, Session, Turn, TurnError, TurnOutput
 from shared.store.store import Accepted, Head, Outcome, Page, SessionStore
@@ -16,6 +16,7 @@ from shared.store.waiting import EventHub, Watcher, wait_for_turn
 
 __all__ = [
     "Accepted",
+    "DeltaBatcher",
     "DeltaWriter",
     "Event",
     "EventHub",

@@ -1,57 +1,211 @@
-"""Token deltas of a running turn, written to the session's events in small batches."""
+"""Token deltas of running turns, written to their sessions' events in batches.
+
+Every turn a process runs writes its streamed text into a ``DeltaWriter``; one
+``DeltaBatcher`` per process appends what all of them buffered, one ``delta`` event per
+turn, in a single pipelined round trip every ``flush_s`` (sooner when a turn has
+``TURN_BYTES`` waiting). Each append is fenced by its turn's lock token: a writer whose
+lease is gone gets nothing written, and its turn is cancelled.
+
+Backpressure: when Redis is slow to answer and ``MAX_PENDING_BYTES`` of text is waiting
+across the process, writers wait for the next flush to finish, so a slow Redis slows the
+model streams down (their TCP windows fill) instead of growing memory without bound.
+"""
 
 from __future__ import annotations
 
-import time
+import asyncio
+import logging
+
+import orjson
 
 from shared.errors import LockLost
 from shared.store.lease import Lease
+from shared.store.store import SessionStore
+
+log = logging.getLogger(__name__)
+
+TURN_BYTES = 8 * 1024
+MAX_PENDING_BYTES = 4 * 1024 * 1024
 
 
 class DeltaWriter:
-    """Buffers streamed text and appends it as one ``delta`` event at most every
-    ``flush_s`` seconds.
+    """One turn's streamed text on its way to the session's events.
 
-    Appends are fenced (``delta.lua``): once the lock is no longer this lease's, nothing
-    more is written and ``LockLost`` is raised. Whatever is still buffered when the
-    turn ends goes to the commit (``take_tail``), so a fast reply costs no extra round
-    trip. Deltas carry the attempt (a worker's start of the turn) and the ``try`` (the
-    model request within that attempt), so a reader can drop the text of a try that
-    was abandoned.
+    Deltas carry the attempt (a worker's start of the turn) and the ``try`` (the model
+    request within that attempt), so a reader can drop the text of a try that was
+    abandoned. What is still buffered when the turn ends goes to the commit
+    (``close``), so a short reply costs no extra round trip.
     """
 
-    def __init__(self, lease: Lease, turn_id: str, attempt: int, flush_s: float) -> None:
-        self._lease = lease
-        self._turn_id = turn_id
-        self._attempt = attempt
-        self._flush_s = flush_s
+    __slots__ = (
+        "_batcher",
+        "_buffer",
+        "_flushed",
+        "_head",
+        "_size",
+        "attempt",
+        "lease",
+        "pack",
+        "try_number",
+        "turn_id",
+    )
+
+    def __init__(self, batcher: DeltaBatcher, lease: Lease, turn_id: str, attempt: int) -> None:
+        self._batcher = batcher
+        self.lease = lease
+        self.turn_id = turn_id
+        self.attempt = attempt
         self.try_number = 0
         self._buffer: list[str] = []
-        self._since = time.monotonic()
+        self._size = 0
+        self._flushed: asyncio.Future[None] | None = None
+        self.pack = lease.store.delta_packer(lease.keys, lease.token, turn_id)
+        self._head = b""
+        self._set_head()
+
+    def _set_head(self) -> None:
+        self._head = b'{"attempt":%d,"try":%d,"text":' % (self.attempt, self.try_number)
+
+    @property
+    def pending(self) -> int:
+        return self._size
 
     def retry(self) -> None:
         """A new model try begins: drop unsent text; later deltas carry the next ``try``."""
+        self._batcher.forget_bytes(self._size)
         self._buffer.clear()
+        self._size = 0
         self.try_number += 1
+        self._set_head()
 
     async def write(self, text: str) -> None:
         if not text:
             return
+        if self.lease.lost.is_set():
+            raise LockLost("session lock lost while streaming")
         self._buffer.append(text)
-        if time.monotonic() - self._since >= self._flush_s:
+        size = len(text)
+        self._size += size
+        await self._batcher.added(self, size)
+
+    def take(self) -> bytes | None:
+        """The append of what is buffered, packed for a flush; None when nothing waits."""
+        if not self._buffer:
+            return None
+        data = self._head + orjson.dumps("".join(self._buffer)) + b"}"
+        self._buffer.clear()
+        self._batcher.forget_bytes(self._size)
+        self._size = 0
+        return self.pack(data.decode())
+
+    def flushing(self, future: asyncio.Future[None]) -> None:
+        self._flushed = future
+
+    async def close(self) -> str:
+        """Stop taking part in flushes; wait for one already under way to land (so the
+        commit's events come after it); return the text that was never flushed."""
+        self._batcher.detach(self)
+        if self._flushed is not None and not self._flushed.done():
+            await asyncio.shield(self._flushed)
+        tail = "".join(self._buffer)
+        self._batcher.forget_bytes(self._size)
+        self._buffer.clear()
+        self._size = 0
+        return tail
+
+
+class DeltaBatcher:
+    """Flushes every attached ``DeltaWriter`` together (see the module doc)."""
+
+    def __init__(
+        self,
+        store: SessionStore,
+        *,
+        flush_s: float,
+        turn_bytes: int = TURN_BYTES,
+        max_pending_bytes: int = MAX_PENDING_BYTES,
+    ) -> None:
+        self._store = store
+        self._flush_s = flush_s
+        self._turn_bytes = turn_bytes
+        self._max_pending = max_pending_bytes
+        self._writers: dict[DeltaWriter, None] = {}  # attached, in attach order
+        self._pending = 0
+        self._soon = asyncio.Event()
+        self._flushed = asyncio.Event()
+        self.flushes = 0
+        self.max_pending_seen = 0
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._pending
+
+    def writer(self, lease: Lease, turn_id: str, attempt: int) -> DeltaWriter:
+        writer = DeltaWriter(self, lease, turn_id, attempt)
+        self._writers[writer] = None
+        return writer
+
+    def detach(self, writer: DeltaWriter) -> None:
+        self._writers.pop(writer, None)
+
+    def forget_bytes(self, size: int) -> None:
+        self._pending -= size
+
+    async def added(self, writer: DeltaWriter, size: int) -> None:
+        self._pending += size
+        self.max_pending_seen = max(self.max_pending_seen, self._pending)
+        if self._flush_s <= 0 or writer.pending >= self._turn_bytes:
+            self._soon.set()
+        while self._pending > self._max_pending:  # Redis is behind: wait for a flush
+            self._flushed.clear()
+            self._soon.set()
+            await self._flushed.wait()
+        if self._flush_s <= 0:  # unbatched: the text is in Redis before write returns
             await self.flush()
+            if writer.lease.lost.is_set():
+                raise LockLost("session lock lost while streaming")
+
+    async def run(self) -> None:
+        """Flush every ``flush_s`` (or as soon as asked) until cancelled."""
+        while True:
+            if self._flush_s > 0:
+                try:
+                    async with asyncio.timeout(self._flush_s):
+                        await self._soon.wait()
+                except TimeoutError:
+                    pass
+            else:
+                await self._soon.wait()
+            self._soon.clear()
+            try:
+                await self.flush()
+            except Exception:
+                log.warning("writing token deltas failed; retrying next flush", exc_info=True)
+                await asyncio.sleep(min(max(self._flush_s, 0.05), 1.0))
 
     async def flush(self) -> None:
-        tail = self.take_tail()
-        if not tail:
+        """Append every waiting delta in one pipelined round trip."""
+        writers: list[DeltaWriter] = []
+        packed: list[bytes] = []
+        for writer in list(self._writers):
+            taken = writer.take()
+            if taken is not None:
+                writers.append(writer)
+                packed.append(taken)
+        if not packed:
+            self._flushed.set()
             return
-        lease = self._lease
-        data = lease.store.delta_data(self._attempt, self.try_number, tail)
-        if not await lease.store.append_delta(lease.keys, lease.token, self._turn_id, data):
-            raise LockLost("session lock lost while streaming")
-
-    def take_tail(self) -> str:
-        tail = "".join(self._buffer)
-        self._buffer.clear()
-        self._since = time.monotonic()
-        return tail
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for writer in writers:
+            writer.flushing(done)
+        try:
+            results = await self._store.send_packed(packed)
+        finally:
+            done.set_result(None)
+            self._flushed.set()
+        self.flushes += 1
+        for writer, appended in zip(writers, results, strict=True):
+            if isinstance(appended, Exception):
+                log.warning("a token delta was refused: %s", appended)
+            elif not appended:
+                writer.lease.mark_lost()

@@ -93,6 +93,10 @@ class Heartbeat:
         finally:
             self._leases.discard(lease)
 
+    def held(self) -> frozenset[str]:
+        """The sessions (``tenant:session``) whose leases this process renews."""
+        return frozenset(lease.keys.member for lease in self._leases)
+
     async def beat(self) -> None:
         leases = list(self._leases)
         try:

@@ -31,8 +31,11 @@ class Sweep:
             await self._store.client.set(self._store.globals.sweeper, "1", nx=True, px=hold_ms)
         )
 
-    async def once(self) -> list[SessionKeys]:
+    async def once(self, held: frozenset[str] = frozenset()) -> list[SessionKeys]:
         """One pass over the sessions not accepted into lately; returns those to wake.
+
+        ``held``: sessions whose lock this process holds and renews (``tenant:session``):
+        known to be drained, so not probed.
 
         Sessions accepted into within two sweep intervals are not even read: their own
         wake-up is fresh. A stalled session is returned at most once per backoff period
@@ -54,6 +57,8 @@ class Sweep:
                 withscores=True, score_cast_func=_raw_score,
             )  # fmt: skip
             offset += len(batch)
+            read = len(batch)
+            batch = [(member, score) for member, score in batch if member not in held]
             sessions = [store.keys(*parse_member(member)) for member, _ in batch]
             states: list[int] = []
             if sessions:
@@ -72,7 +77,7 @@ class Sweep:
                     forget.append((member, score))
                 else:
                     idle[member] = score
-            if len(batch) < BATCH:
+            if read < BATCH:
                 break
         self._idle = idle
         if not forget and not stalled:

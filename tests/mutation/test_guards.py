@@ -184,8 +184,12 @@ MUTANTS = [
     m("a failed renewal loses the lease", "shared/store/lease.py",
       "            if not ok:\n                lease.mark_lost()\n", "            pass\n",
       f"{TURN}::test_a_lost_lease_cancels_the_model_call_at_once"),
+    m("a refused delta stops the turn", "shared/store/deltas.py",
+      "                writer.lease.mark_lost()\n", "                pass\n",
+      f"{TURN}::test_a_lock_lost_mid_stream_is_noticed_at_the_next_delta_flush"),
     m("streaming stops once the lock is lost", "shared/store/deltas.py",
-      '            raise LockLost("session lock lost while streaming")\n', "            pass\n",
+      "            await self.flush()\n            if writer.lease.lost.is_set():\n",
+      "            await self.flush()\n            if False:\n",
       f"{STORE}::test_streaming_stops_with_lock_lost_once_another_worker_holds_the_session"),
     # waiting and the API
     m("a renewed subscription makes waiters read again", "shared/store/waiting.py",

@@ -59,3 +59,56 @@ async def test_scripts_load_again_after_the_server_forgot_them(
     client.script_flush()
     head = await store.begin(keys, "tok")  # a single call
     assert head is not None and head.turn.seq == 1
+
+
+async def test_a_packed_batch_loads_the_scripts_again_and_answers_each_call(
+    store: SessionStore, client: redis.Redis, keys: SessionKeys
+) -> None:
+    turn_id = (await store.accept(keys, input_doc={"content": "x"})).turn_id
+    assert await store.begin(keys, "tok") is not None
+    client.script_flush()
+    data = store.delta_data(1, 0, "a")
+    ours, theirs = store.delta_packer(keys, "tok", turn_id), store.delta_packer(keys, "no", turn_id)
+    replies = await store.send_packed([ours(data), theirs(data)])
+    assert replies == [1, 0]  # appended for the holder, refused for anyone else
+    assert [f["type"] for _, f in client.xrange(keys.events)][-1] == "delta"
+
+
+async def test_a_packed_batch_reads_its_replies_with_the_clients_own_parser_too(
+    store: SessionStore, client: redis.Redis, keys: SessionKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    turn_id = (await store.accept(keys, input_doc={"content": "x"})).turn_id
+    assert await store.begin(keys, "tok") is not None
+    pool = store.client.connection_pool
+    get = pool.get_connection
+
+    class Plain:  # a connection that offers only redis-py's public methods
+        def __init__(self, real: object) -> None:
+            self.real = real
+
+        def __getattr__(self, name: str) -> object:
+            if name == "_reader":
+                raise AttributeError(name)
+            return getattr(self.real, name)
+
+    async def plain(*args: object, **kwargs: object) -> Plain:
+        return Plain(await get(*args, **kwargs))
+
+    async def release(connection: Plain) -> None:
+        await type(pool).release(pool, connection.real)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pool, "get_connection", plain)
+    monkeypatch.setattr(pool, "release", release)
+    data = store.delta_data(1, 0, "a")
+    ours, theirs = store.delta_packer(keys, "tok", turn_id), store.delta_packer(keys, "no", turn_id)
+    assert await store.send_packed([ours(data), theirs(data), ours(data)]) == [1, 0, 1]
+
+
+def test_a_packer_packs_exactly_what_pack_does() -> None:
+    from shared.store.scripts import Scripts
+
+    script = Scripts.load().delta
+    fixed = {"token": "t", "turn_id": "turn_1", "channel": "c"}
+    pack = script.packer(["k1", "k2"], fixed, "data")
+    for value in ("", "plain", 'quo"te \\ and é and \n'):
+        assert pack(value) == script.pack(["k1", "k2"], {**fixed, "data": value})

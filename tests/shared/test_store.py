@@ -391,12 +391,12 @@ async def test_streaming_stops_with_lock_lost_once_another_worker_holds_the_sess
     store: SessionStore, client: redis.Redis, keys: SessionKeys
 ) -> None:
     from shared.errors import LockLost
-    from shared.store import DeltaWriter, Lease
+    from shared.store import DeltaBatcher, Lease
 
     turn_id = await _accept(store, keys, "hi")
     lease = Lease(store, keys)
     assert await store.begin(keys, lease.token) is not None
-    writer = DeltaWriter(lease, turn_id, attempt=1, flush_s=0)
+    writer = DeltaBatcher(store, flush_s=0).writer(lease, turn_id, attempt=1)
     await writer.write("mine ")
     client.set(keys.lock, "tok-b")  # paused past the lease; another worker took over
     before = client.xlen(keys.events)

@@ -8,7 +8,7 @@ from langchain_core.language_models import BaseChatModel
 
 from shared.redis import async_client
 from shared.settings import Settings
-from shared.store import Heartbeat, SessionStore
+from shared.store import DeltaBatcher, Heartbeat, SessionStore
 from worker.model import ModelSource
 from worker.turn import Runtime
 
@@ -21,6 +21,7 @@ async def make_runtime() -> AsyncIterator[RuntimeFactory]:
     (and a running heartbeat, as in a worker)."""
     clients = []
     beats: list[asyncio.Task[None]] = []
+    runtimes: list[Runtime] = []
 
     def build(
         settings: Settings,
@@ -31,12 +32,18 @@ async def make_runtime() -> AsyncIterator[RuntimeFactory]:
         clients.append(client)
         store = store_class(client, settings)
         heartbeat = Heartbeat(store)
+        deltas = DeltaBatcher(store, flush_s=settings.stream_flush_s)
         beats.append(asyncio.create_task(heartbeat.run()))
-        return Runtime(settings, store, heartbeat, ModelSource(settings, model))
+        beats.append(asyncio.create_task(deltas.run()))
+        runtime = Runtime(settings, store, heartbeat, deltas, ModelSource(settings, model))
+        runtimes.append(runtime)
+        return runtime
 
     yield build
     for beat in beats:
         beat.cancel()
     await asyncio.gather(*beats, return_exceptions=True)
+    for runtime in runtimes:
+        await runtime.models.aclose()
     for client in clients:
         await client.aclose()

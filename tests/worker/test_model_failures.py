@@ -1,4 +1,5 @@
-"""Model failures through the real ``ChatOpenAI`` client against a loopback server."""
+"""Model failures through both OpenAI clients (chatlane's streaming client and
+``langchain-openai``'s ``ChatOpenAI``) against a loopback server."""
 
 from __future__ import annotations
 
@@ -25,12 +26,13 @@ class Loopback:
     make_settings: Callable[..., Settings]
     make_runtime: RuntimeFactory
     server: ModelServer
+    kind: str
     report: DrainReport | None = None
     history_length: int = 0
 
     async def run(self, texts: list[str], script: list[Behaviour], **overrides: Any) -> list[Turn]:
         settings = self.make_settings(
-            model="openai:loopback",
+            model=f"{self.kind}:loopback",
             openai_base_url=self.server.base_url,
             openai_api_key="test-key",
             **{"model_max_retries": 2, "retry_backoff_s": 0.01, **overrides},
@@ -44,12 +46,15 @@ class Loopback:
         return [Turn.from_json(self.client.hget(keys.turns, i)) for i in ids]  # type: ignore[arg-type]
 
 
-@pytest.fixture
+@pytest.fixture(params=["openai", "langchain-openai"])
 def loopback(
-    client: redis.Redis, make_settings: Callable[..., Settings], make_runtime: RuntimeFactory
+    request: pytest.FixtureRequest,
+    client: redis.Redis,
+    make_settings: Callable[..., Settings],
+    make_runtime: RuntimeFactory,
 ) -> Iterator[Loopback]:
     with ModelServer() as server:
-        yield Loopback(client, make_settings, make_runtime, server)
+        yield Loopback(client, make_settings, make_runtime, server, request.param)
 
 
 async def test_a_429_with_retry_after_is_retried_after_the_pause_then_succeeds(

@@ -62,3 +62,15 @@ async def test_one_sweeper_is_elected_per_interval(store: SessionStore) -> None:
     first, second = Sweep(store), Sweep(store)
     assert await first.elect(10_000) is True
     assert await second.elect(10_000) is False
+
+
+async def test_sessions_this_process_drains_are_not_probed(
+    store: SessionStore, client: redis.Redis, settings: Settings
+) -> None:
+    sweep = Sweep(store)
+    ours = SessionKeys(settings.key_prefix, "default", "ours")
+    await store.accept(ours, input_doc={"content": "x"})
+    _stale(client, settings, ours)  # pending, and (as far as Redis shows) nobody's lock
+
+    assert await sweep.once(held=frozenset({ours.member})) == []
+    assert [k.session for k in await sweep.once()] == ["ours"]

@@ -163,7 +163,7 @@ async def test_a_worker_that_loses_its_lock_mid_reply_writes_nothing(
 
 
 class _Hanging(BaseChatModel):
-    """Sends one token, then nothing, ever (until cancelled)."""
+    """Sends nothing, ever (until cancelled): only the heartbeat can notice a lost lease."""
 
     cancelled: list[bool] = []
 
@@ -177,7 +177,6 @@ class _Hanging(BaseChatModel):
     async def _astream(
         self, messages: list[BaseMessage], *a: Any, **k: Any
     ) -> AsyncIterator[ChatGenerationChunk]:
-        yield ChatGenerationChunk(message=AIMessageChunk(content="one "))
         try:
             await asyncio.sleep(3600)
         except asyncio.CancelledError:
@@ -327,3 +326,40 @@ async def test_cancelling_a_drain_whose_lease_was_lost_still_cancels_it(
     draining.cancel()  # e.g. the worker shutting down at the same moment
     with pytest.raises(asyncio.CancelledError):
         await draining
+
+
+class _Endless(BaseChatModel):
+    """Streams a token every 20 ms for as long as it is read."""
+
+    @property
+    def _llm_type(self) -> str:
+        return "endless"
+
+    def _generate(self, messages: list[BaseMessage], *a: Any, **k: Any) -> ChatResult:
+        raise NotImplementedError
+
+    async def _astream(
+        self, messages: list[BaseMessage], *a: Any, **k: Any
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        while True:
+            yield ChatGenerationChunk(message=AIMessageChunk(content="more "))
+            await asyncio.sleep(0.02)
+
+
+async def test_a_lock_lost_mid_stream_is_noticed_at_the_next_delta_flush(
+    client: redis.Redis, make_settings: Callable[..., Settings], make_runtime: RuntimeFactory
+) -> None:
+    settings = make_settings(lock_ttl_s=60.0, stream_flush_s=0.05)  # heartbeat every 20 s
+    rt = make_runtime(settings, _Endless())
+    keys = rt.store.keys("default", "endless")
+    [turn_id] = await _accept(rt.store, keys, "go")
+    draining = asyncio.create_task(drain_session(rt, "default", "endless"))
+    await eventually(lambda: client.xlen(keys.events) > 3)  # deltas are flowing
+    client.set(keys.lock, "another-worker")
+
+    await asyncio.wait({draining}, timeout=1.0)
+    if not draining.done():
+        draining.cancel()
+        raise AssertionError("the stream went on after its deltas were refused")
+    assert draining.result().lost_lock
+    assert _turn(client, keys, turn_id).status == "running"  # left for the new holder

@@ -8,7 +8,7 @@ restart, a failover) answers NOSCRIPT once; the script is then loaded and called
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -37,6 +37,30 @@ class Script:
     def queue(self, pipe: Any, keys: Sequence[str], args: Mapping[str, Any]) -> None:
         """Add a call to a pipeline (its reply is that pipeline's next result)."""
         pipe.evalsha(self.sha, len(keys), *keys, orjson.dumps(args))
+
+    def packer(
+        self, keys: Sequence[str], fixed: Mapping[str, Any], field: str
+    ) -> Callable[[str], bytes]:
+        """``pack`` for calls that differ only in the string ``field``: everything else is
+        encoded once, so each call costs one ``orjson.dumps`` of that string."""
+        head = self.pack(keys, {})[: -len(b"$2\r\n{}\r\n")]
+        opening = orjson.dumps(fixed)[:-1] + (b',"' if fixed else b'{"') + field.encode() + b'":'
+
+        def pack(value: str) -> bytes:
+            doc = opening + orjson.dumps(value) + b"}"
+            return b"%b$%d\r\n%b\r\n" % (head, len(doc), doc)
+
+        return pack
+
+    def pack(self, keys: Sequence[str], args: Mapping[str, Any]) -> bytes:
+        """A call as the bytes of one RESP command (for ``SessionStore.send_packed``)."""
+        parts = [b"EVALSHA", self.sha.encode(), str(len(keys)).encode()]
+        parts += [key.encode() for key in keys]
+        parts.append(orjson.dumps(args))
+        out = [b"*%d\r\n" % len(parts)]
+        for part in parts:
+            out.append(b"$%d\r\n%b\r\n" % (len(part), part))
+        return b"".join(out)
 
     async def __call__(self, client: Any, keys: Sequence[str], args: Mapping[str, Any]) -> Any:
         payload = orjson.dumps(args)
