@@ -1,10 +1,11 @@
 """Question 3: with a slow model, does one worker process keep >= 100 turns in flight?
 
 chatlane: ``CHATLANE_ECHO_DELAY_S=1`` (every model call takes ``--delay`` seconds), ONE
-worker process with ``--concurrency`` pool threads (128, the settings' default). Each
+worker process whose engine drains ``--concurrency`` sessions at once (128). Each
 round enqueues ``--waves`` x concurrency turns, one per fresh session (each turn its own
 Celery wake-up), exactly as the API does (``benchmarks._load``), and is timed until all
-are completed. In-flight work is sampled every 50 ms from kombu's unacked hash.
+are completed. In-flight work is sampled every 50 ms (session locks held; for Celery,
+kombu's unacked hash).
 
 Baseline, same run, same Redis and pool: raw Celery tasks that sleep ``--delay`` seconds
 (``bench.sleep``), enqueued and timed the same way; Celery's own counters must show the
@@ -43,7 +44,9 @@ from tests.support.cluster import Cluster
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--delay", type=float, default=1.0, help="model / task seconds")
-    parser.add_argument("--concurrency", type=int, default=128, help="pool threads (both)")
+    parser.add_argument(
+        "--concurrency", type=int, default=128, help="chatlane's capacity; Celery's threads"
+    )
     parser.add_argument("--waves", type=int, default=5, help="turns per round = waves x threads")
     parser.add_argument("--turns-per-session", type=int, default=1)
     parser.add_argument("--batch", type=int, default=100, help="items enqueued at a time")

@@ -190,13 +190,14 @@ def chatlane_round(
             meter.stop()
     after_stub, after_redis = stub.stats(), redis_counts(client)
     tokens = after_stub["tokens_sent"] - before_stub["tokens_sent"]
-    latencies = []
+    latencies, starts = [], []
     failed = 0
     for keys, turn_id in accepted:
         turn = Turn.from_json(client.hget(keys.turns, turn_id))  # type: ignore[arg-type]
         failed += turn.status != "completed"
-        assert turn.finished_at is not None
+        assert turn.finished_at is not None and turn.started_at is not None
         latencies.append((turn.finished_at - turn.created_at).total_seconds())
+        starts.append((turn.started_at - turn.created_at).total_seconds())
     model_s = args.first + args.tokens * args.interval
     in_flight = max(sampler.open_streams, 1)
     return {
@@ -210,6 +211,8 @@ def chatlane_round(
         "latency_p50_s": percentile(latencies, 50),
         "latency_p99_s": percentile(latencies, 99),
         "latency_p99_over_model": percentile(latencies, 99) / model_s,
+        "start_p50_s": percentile(starts, 50),
+        "start_p99_s": percentile(starts, 99),
         "cpu_us_per_token": meters["worker"].cpu_s * 1e6 / tokens,
         "stub_cpu_us_per_token": meters["stub"].cpu_s * 1e6 / tokens,
         "redis_cpu_us_per_token": meters["redis"].cpu_s * 1e6 / tokens,
@@ -294,11 +297,11 @@ def main(argv: list[str] | None = None) -> None:
         "Redis, the stub server, and the time to token (median of rounds)",
         ["Redis commands / token", "of which EVALSHA / token", "Redis CPU us/token",
          "stub server CPU us/token", "token -> event p50 ms", "token -> event p99 ms",
-         "tokens probed"],
+         "tokens probed", "accept -> started p50 s", "p99 s"],
         [[lane_m["redis_cmds_per_token"], lane_m["evalsha_per_token"],
           lane_m["redis_cpu_us_per_token"], lane_m["stub_cpu_us_per_token"],
           lane_m["token_delay_p50_ms"], lane_m["token_delay_p99_ms"],
-          lane_m["probed_tokens"]]],
+          lane_m["probed_tokens"], lane_m["start_p50_s"], lane_m["start_p99_s"]]],
     )  # fmt: skip
     report.goal(
         "CPU per token / floor",

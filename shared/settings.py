@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=1)
     default_tenant: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
 
-    worker_concurrency: int = Field(default=128, ge=1)
+    worker_concurrency: int = Field(default=1000, ge=1)
     queue: str = "chatlane"
 
     @model_validator(mode="after")
