@@ -13,7 +13,7 @@ from api import problems
 from api.deps import AppState
 from api.limits import BodyLimit
 from api.metrics import ApiMetrics, MetricsMiddleware
-from api.routes import health, sessions, turns
+from api.routes import events, health, sessions, turns
 from shared.errors import ConfigurationError
 from shared.redis import async_client, check_eviction_policy, pubsub_client
 from shared.settings import Settings
@@ -85,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.include_router(turns.router)
     app.include_router(sessions.router)
+    app.include_router(events.router)
     app.include_router(health.router)
     return app
 

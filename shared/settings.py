@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     max_pending_turns: int = Field(default=1000, ge=1)
     max_wait_s: float = Field(default=60.0, ge=0)
     max_waiters: int = Field(default=10_000, ge=0)
+    keepalive_s: float = Field(default=15.0, gt=0)
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=1)
     default_tenant: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
 

@@ -42,6 +42,7 @@ class DeltaWriter:
         "_buffer",
         "_flushed",
         "_head",
+        "_reset",
         "_size",
         "attempt",
         "lease",
@@ -60,6 +61,7 @@ class DeltaWriter:
         self._size = 0
         self._flushed: asyncio.Future[None] | None = None
         self.pack = lease.store.delta_packer(lease.keys, lease.token, turn_id)
+        self._reset: bytes | None = None
         self._head = b""
         self._set_head()
 
@@ -71,12 +73,20 @@ class DeltaWriter:
         return self._size
 
     def retry(self) -> None:
-        """A new model try begins: drop unsent text; later deltas carry the next ``try``."""
+        """A new model try begins: drop unsent text, announce (with the next flush, before
+        any of the new try's text) that the abandoned try's text is void; later deltas
+        carry the next ``try``."""
         self._batcher.forget_bytes(self._size)
         self._buffer.clear()
         self._size = 0
+        lease = self.lease
+        reset = lease.store.delta_packer(lease.keys, lease.token, self.turn_id, kind="reset")
+        self._reset = reset(
+            orjson.dumps({"attempt": self.attempt, "try": self.try_number}).decode()
+        )
         self.try_number += 1
         self._set_head()
+        self._batcher.mark_waiting()
 
     async def write(self, text: str) -> None:
         if not text:
@@ -88,15 +98,19 @@ class DeltaWriter:
         self._size += size
         await self._batcher.added(self, size)
 
-    def take(self) -> bytes | None:
-        """The append of what is buffered, packed for a flush; None when nothing waits."""
-        if not self._buffer:
-            return None
-        data = self._head + orjson.dumps("".join(self._buffer)) + b"}"
-        self._buffer.clear()
-        self._batcher.forget_bytes(self._size)
-        self._size = 0
-        return self.pack(data.decode())
+    def take(self) -> list[bytes]:
+        """The appends of what is waiting (a reset, buffered text), packed for a flush."""
+        out: list[bytes] = []
+        if self._reset is not None:
+            out.append(self._reset)
+            self._reset = None
+        if self._buffer:
+            data = self._head + orjson.dumps("".join(self._buffer)) + b"}"
+            self._buffer.clear()
+            self._batcher.forget_bytes(self._size)
+            self._size = 0
+            out.append(self.pack(data.decode()))
+        return out
 
     def flushing(self, future: asyncio.Future[None]) -> None:
         self._flushed = future
@@ -107,6 +121,9 @@ class DeltaWriter:
         self._batcher.detach(self)
         if self._flushed is not None and not self._flushed.done():
             await asyncio.shield(self._flushed)
+        if self._reset is not None:  # the new try's text goes with the commit: say it first
+            reset, self._reset = self._reset, None
+            await self.lease.store.send_packed([reset])
         tail = "".join(self._buffer)
         self._batcher.forget_bytes(self._size)
         self._buffer.clear()
@@ -151,6 +168,11 @@ class DeltaBatcher:
     def forget_bytes(self, size: int) -> None:
         self._pending -= size
 
+    def mark_waiting(self) -> None:
+        """Something other than text waits (a reset): flush soon, if unbatched at once."""
+        if self._flush_s <= 0:
+            self._soon.set()
+
     async def added(self, writer: DeltaWriter, size: int) -> None:
         self._pending += size
         self.max_pending_seen = max(self.max_pending_seen, self._pending)
@@ -188,10 +210,9 @@ class DeltaBatcher:
         writers: list[DeltaWriter] = []
         packed: list[bytes] = []
         for writer in list(self._writers):
-            taken = writer.take()
-            if taken is not None:
+            for call in writer.take():
                 writers.append(writer)
-                packed.append(taken)
+                packed.append(call)
         if not packed:
             self._flushed.set()
             return

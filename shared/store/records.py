@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 TurnStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
 TurnKind = Literal["message", "clear"]
-EventType = Literal["status", "delta", "final"]
+EventType = Literal["status", "delta", "reset", "final"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
 
@@ -54,6 +54,9 @@ class Turn(BaseModel):
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    events_from: str | None = Field(
+        default=None, exclude=True, description="The id of the turn's first event."
+    )
 
     @property
     def is_terminal(self) -> bool:
@@ -89,7 +92,9 @@ class Event:
     """One entry of a session's event stream.
 
     ``data`` is JSON: ``status`` events carry ``{status, seq, attempt}``; ``delta`` events
-    ``{attempt, try, text}``; the ``final`` event the whole finished turn record.
+    ``{attempt, try, text}``; ``reset`` events ``{attempt[, try]}``: the text streamed by
+    that attempt (or only that try of it) is abandoned; the ``final`` event the whole
+    finished turn record.
     """
 
     id: str
@@ -106,6 +111,17 @@ class Event:
     @classmethod
     def from_entry(cls, entry_id: str, fields: dict[str, str]) -> Event:
         return cls(entry_id, fields["turn"], fields["type"], fields["data"])  # type: ignore[arg-type]
+
+    @property
+    def position(self) -> tuple[int, int]:
+        """The entry id as a number pair, for ordering."""
+        return stream_position(self.id)
+
+
+def stream_position(entry_id: str) -> tuple[int, int]:
+    """A stream entry id (``"<ms>-<seq>"``) as a number pair, for ordering."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq)
 
 
 class Session(BaseModel):

@@ -29,7 +29,7 @@ from shared.errors import (
 from shared.keys import GlobalKeys, SessionKeys
 from shared.redis import COMMAND_TIMEOUT_S
 from shared.settings import Settings
-from shared.store.records import Session, Turn, now_ms, queued_record
+from shared.store.records import Event, Session, Turn, now_ms, queued_record
 from shared.store.scripts import Scripts
 
 Order = Literal["asc", "desc"]
@@ -199,7 +199,9 @@ class SessionStore:
         reply = await self.run_pipeline(fill)
         verdict = reply[-1]
         if verdict[0] == "OK":
-            turn = Turn.model_validate({**record, "seq": int(verdict[2])})
+            turn = Turn.model_validate(
+                {**record, "seq": int(verdict[2]), "events_from": verdict[4]}
+            )
             return Accepted(turn_id, replayed=False, lock_held=bool(verdict[3]), turn=turn)
         if verdict[0] == "REPLAY":
             return Accepted(str(verdict[1]), replayed=True, lock_held=True)
@@ -319,14 +321,18 @@ class SessionStore:
         )
         return bool(reply)
 
-    def delta_packer(self, keys: SessionKeys, token: str, turn_id: str) -> Callable[[str], bytes]:
-        """``append_delta`` of one turn, packed for ``send_packed`` from the delta's data
-        (its reply: 1 appended, 0 not)."""
-        fixed = {"token": token, "turn_id": turn_id, "channel": keys.channel}
+    def delta_packer(
+        self, keys: SessionKeys, token: str, turn_id: str, kind: str = "delta"
+    ) -> Callable[[str], bytes]:
+        """``append_delta`` of one turn, packed for ``send_packed`` from the event's data
+        (its reply: 1 appended, 0 not). ``kind``: ``delta``, or ``reset`` (a try's text
+        is abandoned)."""
+        fixed = {"token": token, "turn_id": turn_id, "type": kind, "channel": keys.channel}
         return self.scripts.delta.packer([keys.lock, keys.events], fixed, "data")
 
     def _delta_args(self, keys: SessionKeys, token: str, turn_id: str, data: str) -> dict[str, Any]:
-        return {"token": token, "turn_id": turn_id, "data": data, **self._event_args(keys)}
+        return {"token": token, "turn_id": turn_id, "type": "delta", "data": data,
+                **self._event_args(keys)}  # fmt: skip
 
     async def renew(self, leases: Sequence[tuple[SessionKeys, str]]) -> list[bool]:
         """Extend every ``(keys, token)`` lease in one pipelined round trip; False = lost."""
@@ -381,6 +387,15 @@ class SessionStore:
         raws = await self.client.hmget(keys.turns, page_ids) if page_ids else []
         turns = [Turn.from_json(raw) for raw in raws if raw is not None]
         return Page(turns, int(total), len(ids) > limit)
+
+    async def events_after(
+        self, keys: SessionKeys, after: str, *, count: int = 512, inclusive: bool = False
+    ) -> list[Event]:
+        """The session's events after entry ``after`` (``"0-0"``: from the first; from
+        ``after`` itself when ``inclusive``), oldest first, at most ``count``."""
+        start = after if inclusive else f"({after}"
+        entries = await self.client.xrange(keys.events, start, "+", count=count)
+        return [Event.from_entry(entry_id, fields) for entry_id, fields in entries]
 
     async def read_session(self, keys: SessionKeys) -> Session:
         pipe = self.client.pipeline(transaction=True)

@@ -26,7 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.errors import TooManyWaiters
 from shared.keys import SessionKeys
-from shared.store.records import Event, Turn
+from shared.store.records import Event, Turn, stream_position
 from shared.store.store import SessionStore
 
 log = logging.getLogger(__name__)
@@ -285,3 +285,73 @@ async def wait_for_turn(
             if stale or (not woke and loop.time() < deadline):
                 turn = await store.read_turn(keys, turn_id)
     return turn
+
+
+KEEPALIVE = None
+
+
+async def follow_events(
+    store: SessionStore,
+    watcher: Watcher,
+    keys: SessionKeys,
+    after: str,
+    *,
+    turn: Turn | None = None,
+    idle_s: float = 15.0,
+) -> AsyncIterator[Event | None]:
+    """The session's events after entry ``after``, each once and in order, as they come;
+    ``None`` after every ``idle_s`` without one (for keep-alives).
+
+    ``watcher`` must watch the session's channel already (subscribed before the stream is
+    read: nothing can fall between). With ``turn``, only that turn's events, from its
+    first one unless ``after`` says otherwise, ending with its final event; a turn that
+    finished so long ago that its events expired gets its final event rebuilt from the
+    record.
+    """
+    last = after
+    inclusive = False
+    if turn is not None and after == "0-0" and turn.events_from:
+        last, inclusive = turn.events_from, True
+
+    def wanted(event: Event) -> bool:
+        return turn is None or event.turn_id == turn.id
+
+    def ends(event: Event) -> bool:
+        return turn is not None and event.type == "final" and event.turn_id == turn.id
+
+    first_pass = True
+    while True:
+        while True:  # catch up from the stream
+            batch = await store.events_after(keys, last, inclusive=inclusive)
+            inclusive = False
+            for event in batch:
+                last = event.id
+                if wanted(event):
+                    yield event
+                    if ends(event):
+                        return
+            if len(batch) < 512:
+                break
+        if turn is not None and first_pass:
+            first_pass = False
+            record = await store.read_turn(keys, turn.id)
+            if record.is_terminal:  # its final event is gone from the stream
+                yield Event(last, turn.id, "final", record.model_dump_json(exclude={"object"}))
+                return
+        position = stream_position(last)
+        while True:  # live, from the hub
+            woke = await watcher.wait(idle_s)
+            events, stale = watcher.take()
+            if stale:
+                break  # something may be missing: read the stream again
+            if not woke:
+                yield KEEPALIVE
+                continue
+            for event in events:
+                if event.position <= position:
+                    continue  # already read from the stream
+                last, position = event.id, event.position
+                if wanted(event):
+                    yield event
+                    if ends(event):
+                        return

@@ -2,10 +2,10 @@
 --
 -- KEYS[1] meta   KEYS[2] mailbox   KEYS[3] turns   KEYS[4] turn_index   KEYS[5] history
 -- KEYS[6] events   KEYS[7] lock   KEYS[8] idem (unused when A.fingerprint is "")
--- A: turn (the queued record, without seq), fingerprint (of the request, "" without an
+-- A: turn (the queued record, without seq and events_from: the id of its first event), fingerprint (of the request, "" without an
 --    Idempotency-Key), idem_ttl_ms, max_pending, existing_only (refuse an unknown
 --    session), now_ms, session_ttl_ms, events_ttl_ms, channel
--- Returns {"OK", turn id, seq, lock held (0|1)} | {"REPLAY", turn id}
+-- Returns {"OK", turn id, seq, lock held (0|1), events_from} | {"REPLAY", turn id}
 --       | {"CONFLICT", turn id} | {"FULL", pending count} | {"NOT_FOUND"}
 local rec = A.turn
 if A.fingerprint ~= "" then
@@ -31,12 +31,13 @@ local seq = redis.call("HINCRBY", KEYS[1], "next_seq", 1)
 redis.call("HSETNX", KEYS[1], "created_at", A.now_ms)
 redis.call("HSET", KEYS[1], "updated_at", A.now_ms)
 rec.seq = seq
+rec.events_from = emit(KEYS[6], rec.id, "status",
+  cjson.encode({status = rec.status, seq = seq, attempt = 0}))
 redis.call("HSET", KEYS[3], rec.id, cjson.encode(rec))
 redis.call("ZADD", KEYS[4], seq, rec.id)
 redis.call("RPUSH", KEYS[2], rec.id)
-emit(KEYS[6], rec.id, "status", cjson.encode({status = rec.status, seq = seq, attempt = 0}))
 expire(A.session_ttl_ms, 1, 5)
 if A.fingerprint ~= "" then
   redis.call("SET", KEYS[8], rec.id .. "|" .. A.fingerprint, "PX", A.idem_ttl_ms)
 end
-return {"OK", rec.id, seq, redis.call("EXISTS", KEYS[7])}
+return {"OK", rec.id, seq, redis.call("EXISTS", KEYS[7]), rec.events_from}

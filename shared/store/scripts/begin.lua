@@ -7,8 +7,9 @@
 -- Returns {"BUSY"} when another token holds the lock;
 --         {"EMPTY"} when nothing is pending (the lock is then not held by this token);
 --         {"OK", record JSON, message...} otherwise: the head marked running with its
---         attempt counted, a "running" event appended, the session's expiry refreshed
---         (a long-running session never expires under its worker).
+--         attempt counted, a "running" event appended (after a "reset" of the previous
+--         attempt's text when an earlier worker started it), the session's expiry
+--         refreshed (a long-running session never expires under its worker).
 local holder = redis.call("GET", KEYS[1])
 if holder and holder ~= A.token then
   return {"BUSY"}
@@ -34,6 +35,9 @@ while true do
     rec.started_at = A.now_ms
     local encoded = cjson.encode(rec)
     redis.call("HSET", KEYS[5], head, encoded)
+    if rec.attempt > 1 then  -- an earlier worker's text of this turn will not be kept
+      emit(KEYS[7], head, "reset", cjson.encode({attempt = rec.attempt - 1}))
+    end
     emit(KEYS[7], head, "status",
       cjson.encode({status = "running", seq = rec.seq, attempt = rec.attempt}))
     expire(A.session_ttl_ms, 2, 6)

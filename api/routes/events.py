@@ -1,0 +1,45 @@
+"""``…/events``: a turn's or a whole session's events as Server-Sent Events."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.responses import StreamingResponse
+
+from api.deps import SessionId, State, TurnId, session_keys
+from api.sse import EVENTS_DOC, LastEventIdHeader, LastEventIdQuery, open_stream, resume_point
+
+router = APIRouter(prefix="/v1/sessions/{session_id}", tags=["events"])
+
+
+@router.get("/turns/{turn_id}/events", response_class=StreamingResponse, responses=EVENTS_DOC)
+async def turn_events(
+    session_id: SessionId,
+    turn_id: TurnId,
+    state: State,
+    last_event_id: LastEventIdHeader = None,
+    last_event_id_query: LastEventIdQuery = None,
+) -> StreamingResponse:
+    """The turn's events as they happen, ending with its `completed`, `failed` or
+    `cancelled` event; a `404` problem for an unknown turn."""
+    after = resume_point(last_event_id, last_event_id_query)
+    keys = session_keys(state, session_id)
+    turn = await state.store.read_turn(keys, turn_id)
+    return await open_stream(
+        state.store, state.hub, keys, after, turn=turn, idle_s=state.settings.keepalive_s
+    )
+
+
+@router.get("/events", response_class=StreamingResponse, responses=EVENTS_DOC)
+async def session_events(
+    session_id: SessionId,
+    state: State,
+    last_event_id: LastEventIdHeader = None,
+    last_event_id_query: LastEventIdQuery = None,
+) -> StreamingResponse:
+    """Every event of every turn of the session, in order, for as long as the client
+    listens (a chat UI keeps one per conversation); a `404` problem for an unknown
+    session."""
+    after = resume_point(last_event_id, last_event_id_query)
+    keys = session_keys(state, session_id)
+    await state.store.read_session(keys)  # a 404 for an unknown session
+    return await open_stream(state.store, state.hub, keys, after, idle_s=state.settings.keepalive_s)
