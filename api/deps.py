@@ -12,6 +12,7 @@ from api.metrics import ApiMetrics
 from shared.keys import SESSION_ID_PATTERN, TURN_ID_PATTERN, SessionKeys
 from shared.settings import Settings
 from shared.store import EventHub, SessionStore
+from shared.store.outbox import Outbox
 from shared.wakeup import WakeUps
 
 
@@ -24,6 +25,7 @@ class AppState:
     hub: EventHub
     wake_ups: WakeUps
     metrics: ApiMetrics
+    outbox: Outbox
     eviction_checked: bool = False
 
 

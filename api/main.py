@@ -13,11 +13,12 @@ from api import problems
 from api.deps import AppState
 from api.limits import BodyLimit
 from api.metrics import ApiMetrics, MetricsMiddleware
-from api.routes import events, health, sessions, turns
+from api.routes import events, health, page, sessions, turns, webhooks
 from shared.errors import ConfigurationError
 from shared.redis import async_client, check_eviction_policy, pubsub_client
 from shared.settings import Settings
 from shared.store import EventHub, SessionStore
+from shared.store.outbox import Outbox
 from shared.wakeup import open_wake_ups
 
 log = logging.getLogger("chatlane.api")
@@ -57,12 +58,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics.waiters.set_function(lambda: hub.watching)
             try:
                 async with open_wake_ups(settings, client) as wake_ups:
+                    store = SessionStore(client, settings)
                     app.state.chatlane = AppState(
                         settings=settings,
-                        store=SessionStore(client, settings),
+                        store=store,
                         hub=hub,
                         wake_ups=wake_ups,
                         metrics=metrics,
+                        outbox=Outbox(store),
                         eviction_checked=checked,
                     )
                     yield
@@ -86,7 +89,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(turns.router)
     app.include_router(sessions.router)
     app.include_router(events.router)
+    app.include_router(webhooks.router)
     app.include_router(health.router)
+    app.include_router(page.router)
     return app
 
 

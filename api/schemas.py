@@ -16,6 +16,14 @@ class TurnIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     content: str = Field(min_length=1, description="The user's message.")
+    webhook: str | None = Field(
+        default=None,
+        max_length=2048,
+        description=(
+            "An http(s) URL that is sent the finished turn (`turn.completed` / "
+            "`turn.failed`), signed per Standard Webhooks with the tenant's signing secret."
+        ),
+    )
 
 
 class Message(BaseModel):

@@ -21,6 +21,7 @@ from typing import TypeVar
 from shared.redis import async_client
 from shared.settings import Settings
 from shared.store import DeltaBatcher, Heartbeat, Lease, SessionStore
+from shared.store.outbox import Outbox
 from worker.echo import _TOKEN, echo_reply
 from worker.engine import new_event_loop
 from worker.model import ModelSource, call_model
@@ -49,7 +50,7 @@ async def _stages(url: str, *, turns: int, sessions: int, tag: str) -> dict[str,
     client = async_client(url, name="chatlane-bench-stages", bounded=True)  # as the worker's
     store = SessionStore(client, settings)
     deltas = DeltaBatcher(store, flush_s=settings.stream_flush_s)  # a short reply: the tail
-    rt = Runtime(settings, store, Heartbeat(store), deltas, ModelSource(settings))
+    rt = Runtime(settings, store, Heartbeat(store), deltas, ModelSource(settings), Outbox(store))
     model = rt.models.get()
     loop = asyncio.get_running_loop()
     spent = dict.fromkeys(STAGES, 0.0)

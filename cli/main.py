@@ -113,7 +113,7 @@ def run_up(host: str, port: int, data_dir: Path) -> int:
             f"up at {base}  (model: {settings.model}; Ctrl-C stops everything)\n"
             f"  curl -s -X POST '{base}/v1/sessions/demo/turns?wait=10' \\\n"
             f"       -H 'content-type: application/json' -d '{{\"content\": \"hello\"}}'\n"
-            f"  API docs: {base}/docs"
+            f"  chat page: {base}/    API docs: {base}/docs"
         )
         while not stopping:
             code = _check(children, managed)

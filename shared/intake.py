@@ -32,6 +32,7 @@ async def submit(
     input_doc: dict[str, Any] | None = None,
     idempotency_key: str | None = None,
     existing_only: bool = False,
+    webhook: str | None = None,
 ) -> Submitted:
     """Accept a turn and wake a worker unless one already holds the session.
 
@@ -47,6 +48,7 @@ async def submit(
         input_doc=input_doc,
         idempotency_key=idempotency_key,
         existing_only=existing_only,
+        webhook=webhook,
     )
     if accepted.lock_held:
         return Submitted(accepted, None)

@@ -85,6 +85,11 @@ class SessionKeys:
         return f"{self.tag}:notify"
 
     @property
+    def outbox(self) -> str:
+        """List: webhook messages the commit script wrote, waiting to become deliveries."""
+        return f"{self.tag}:outbox"
+
+    @property
     def woken(self) -> str:
         """String present while a wake-up sent by the sweeper is outstanding."""
         return f"{self.tag}:woken"
@@ -107,6 +112,34 @@ class GlobalKeys:
     def sweeper(self) -> str:
         """String: held by the worker elected to sweep for the current interval."""
         return f"{self.prefix}:sweeper"
+
+    @property
+    def outbox_index(self) -> str:
+        """Sorted set: ``tenant:session`` members whose outbox may hold messages, scored
+        by when a sender may next look (a claim moves the score into the future)."""
+        return f"{self.prefix}:outbox"
+
+    @property
+    def deliveries(self) -> str:
+        """Hash: delivery id -> the delivery (target, payload, attempts) as JSON."""
+        return f"{self.prefix}:deliveries"
+
+    @property
+    def deliveries_due(self) -> str:
+        """Sorted set: delivery ids scored by when they are next due (ms)."""
+        return f"{self.prefix}:deliveries:due"
+
+    def endpoints(self, tenant: str) -> str:
+        """Hash: a tenant's webhook endpoints (id -> JSON) and its signing secrets."""
+        return f"{self.prefix}:webhooks:{tenant}"
+
+    def dead_letters(self, tenant: str) -> str:
+        """Hash: a tenant's dead deliveries (id -> JSON)."""
+        return f"{self.prefix}:dead:{tenant}"
+
+    def dead_index(self, tenant: str) -> str:
+        """Sorted set: a tenant's dead delivery ids scored by when they died (ms)."""
+        return f"{self.prefix}:dead:{tenant}:index"
 
 
 def parse_member(member: str) -> tuple[str, str]:

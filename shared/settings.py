@@ -60,6 +60,13 @@ class Settings(BaseSettings):
     default_tenant: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
 
     worker_concurrency: int = Field(default=1000, ge=1)
+
+    webhook_allow_private: bool = False
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    webhook_max_attempts: int = Field(default=8, ge=1)
+    webhook_backoff_s: float = Field(default=2.0, ge=0)
+    webhook_max_backoff_s: float = Field(default=3600.0, ge=0)
+    webhook_rotation_s: int = Field(default=24 * 3600, ge=0)
     queue: str = "chatlane"
 
     @model_validator(mode="after")

@@ -23,10 +23,12 @@ from shared.errors import ConfigurationError
 from shared.redis import async_client, check_eviction_policy, masked
 from shared.settings import Settings
 from shared.store import DeltaBatcher, Heartbeat, SessionStore
+from shared.store.outbox import Outbox
 from shared.wakeup import open_wake_ups
 from worker.model import ModelSource
 from worker.sweeper import run_sweeper
 from worker.turn import Runtime, drain_session
+from worker.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
 
@@ -140,15 +142,19 @@ class Engine:
             store = SessionStore(client, settings)
             heartbeat = Heartbeat(store)
             deltas = DeltaBatcher(store, flush_s=settings.stream_flush_s)
+            outbox = Outbox(store)
+            sender = WebhookSender(outbox, settings)
             async with open_wake_ups(settings, client) as wake_ups:
                 tasks = [
+                    asyncio.create_task(sender.run(), name="chatlane-webhooks"),
                     asyncio.create_task(heartbeat.run(), name="chatlane-heartbeat"),
                     asyncio.create_task(deltas.run(), name="chatlane-deltas"),
                     asyncio.create_task(
                         run_sweeper(store, wake_ups, heartbeat.held), name="chatlane-sweeper"
                     ),
                 ]
-                self._ready.set_result(Runtime(settings, store, heartbeat, deltas, models))
+                runtime = Runtime(settings, store, heartbeat, deltas, models, outbox, sender.wake)
+                self._ready.set_result(runtime)
                 await self._stop.wait()
                 if self._draining:
                     log.info("finishing %d sessions before stopping", len(self._draining))

@@ -8,31 +8,41 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from redis.exceptions import RedisError
 
 from shared.errors import CommitRejected, LockLost, ModelGaveUp, ModelUnavailable, SessionBusy
 from shared.settings import Settings
-from shared.store import DeltaBatcher, Head, Heartbeat, Lease, Outcome, SessionStore
+from shared.store import DeltaBatcher, Head, Heartbeat, Lease, Outcome, SessionStore, Turn
 from shared.store import history as docs
+from shared.store.outbox import EventName, Outbox
 from worker.model import ModelSource, call_model
 
 log = logging.getLogger(__name__)
 
 
+def _nothing() -> None:
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Runtime:
-    """What the pipeline needs, built once per worker process and injected."""
+    """What the pipeline needs, built once per worker process and injected.
+
+    ``webhooks_due``: called when a commit wrote an outbox message (wakes the sender)."""
 
     settings: Settings
     store: SessionStore
     heartbeat: Heartbeat
     deltas: DeltaBatcher
     models: ModelSource
+    outbox: Outbox
+    webhooks_due: Callable[[], None] = _nothing
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +71,11 @@ async def drain_session(rt: Runtime, tenant: str, session: str) -> DrainReport:
         try:
             while head is not None:
                 outcome = await run_turn(rt, lease, head)
+                webhook = await webhook_event(rt, keys.tenant, head.turn, outcome)
                 try:
-                    released = await store.commit(keys, lease.token, head.turn, outcome)
+                    released = await store.commit(
+                        keys, lease.token, head.turn, outcome, webhook=webhook
+                    )
                 except CommitRejected as rejected:
                     log.warning("commit of %s refused: %s", head.turn.id, rejected.reason)
                     if rejected.reason == "NOT_OWNER" or refused == head.turn.id:
@@ -73,6 +86,9 @@ async def drain_session(rt: Runtime, tenant: str, session: str) -> DrainReport:
                     refused, released = head.turn.id, False  # read the head again
                 else:
                     committed += 1
+                    if webhook:
+                        await rt.outbox.note(keys)
+                        rt.webhooks_due()
                 if released:
                     break
                 head = await store.begin(keys, lease.token)
@@ -135,6 +151,18 @@ async def run_turn(rt: Runtime, lease: Lease, head: Head) -> Outcome:
         tail=tail,
         tail_try=writer.try_number,
     )
+
+
+async def webhook_event(
+    rt: Runtime, tenant: str, turn: Turn, outcome: Outcome
+) -> EventName | Literal[""]:
+    """The webhook event a turn's commit announces (``""``: nobody listens)."""
+    if turn.kind != "message":
+        return ""
+    event: EventName = "turn.completed" if outcome.status == "completed" else "turn.failed"
+    if turn.webhook or await rt.outbox.subscribed(tenant, event):
+        return event
+    return ""
 
 
 def _failed(code: str, message: str) -> Outcome:

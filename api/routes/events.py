@@ -37,9 +37,8 @@ async def session_events(
     last_event_id_query: LastEventIdQuery = None,
 ) -> StreamingResponse:
     """Every event of every turn of the session, in order, for as long as the client
-    listens (a chat UI keeps one per conversation); a `404` problem for an unknown
-    session."""
+    listens (a chat UI keeps one per conversation). A session with no turns yet is
+    listened to all the same: its first turn's events arrive as they happen."""
     after = resume_point(last_event_id, last_event_id_query)
     keys = session_keys(state, session_id)
-    await state.store.read_session(keys)  # a 404 for an unknown session
     return await open_stream(state.store, state.hub, keys, after, idle_s=state.settings.keepalive_s)

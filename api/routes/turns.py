@@ -8,10 +8,11 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from api.deps import SessionId, State, TurnId, Wait, session_keys
+from api.deps import SessionId, State, TurnId, Wait, resolve_tenant, session_keys
 from api.problems import problem
 from api.schemas import TurnIn, TurnsPage
 from api.waiting import accepted_turn
+from shared.addresses import TargetRefused, parse
 from shared.intake import submit
 from shared.store import Turn, wait_for_turn
 
@@ -61,6 +62,12 @@ async def create_turn(
             f"content is {len(body.content)} characters; the limit is {limit}.",
             kind="message-too-long",
         )
+    if body.webhook is not None:
+        try:
+            parse(body.webhook)
+        except TargetRefused as refused:
+            return problem(422, "Webhook URL refused", str(refused), kind="webhook-url-refused")
+        await state.outbox.signing_secrets(resolve_tenant(state), create=True)
     keys = session_keys(state, session_id)
     submitted = await submit(
         state.store,
@@ -68,6 +75,7 @@ async def create_turn(
         keys,
         input_doc={"content": body.content},
         idempotency_key=idempotency_key,
+        webhook=body.webhook,
     )
     return await accepted_turn(state, keys, submitted, wait, response)
 

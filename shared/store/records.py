@@ -54,6 +54,9 @@ class Turn(BaseModel):
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    webhook: str | None = Field(
+        default=None, description="Where the turn's completion is also announced."
+    )
     events_from: str | None = Field(
         default=None, exclude=True, description="The id of the turn's first event."
     )
@@ -69,10 +72,16 @@ class Turn(BaseModel):
 
 
 def queued_record(
-    turn_id: str, session_id: str, kind: str, input_doc: dict[str, Any] | None, created_ms: int
+    turn_id: str,
+    session_id: str,
+    kind: str,
+    input_doc: dict[str, Any] | None,
+    created_ms: int,
+    webhook: str | None = None,
 ) -> dict[str, Any]:
     """The record ``accept.lua`` stores for a new turn (it adds ``seq``)."""
     return {
+        "webhook": webhook,
         "id": turn_id,
         "session_id": session_id,
         "kind": kind,
@@ -135,3 +144,10 @@ class Session(BaseModel):
     message_count: int = Field(description="Messages in the history.")
     created_at: datetime
     updated_at: datetime = Field(description="The last turn accepted or finished.")
+    last_event_id: str | None = Field(
+        default=None,
+        description=(
+            "The newest event of the session's stream: pass it as `last_event_id` to "
+            "follow the session from now on (after reading its history)."
+        ),
+    )

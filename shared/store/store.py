@@ -157,6 +157,7 @@ class SessionStore:
         input_doc: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
         existing_only: bool = False,
+        webhook: str | None = None,
     ) -> Accepted:
         """Record a turn (``queued``) at the end of the session's mailbox. One round trip.
 
@@ -168,8 +169,8 @@ class SessionStore:
         settings = self.settings
         created = now_ms()
         turn_id = new_turn_id()
-        record = queued_record(turn_id, keys.session, kind, input_doc, created)
-        input_json = orjson.dumps(input_doc)
+        record = queued_record(turn_id, keys.session, kind, input_doc, created, webhook)
+        input_json = orjson.dumps([input_doc, webhook])
         script_keys = [
             keys.meta,
             keys.mailbox,
@@ -278,11 +279,15 @@ class SessionStore:
             return None
         return Head(Turn.from_json(reply[1]), [orjson.loads(doc) for doc in reply[2:]])
 
-    async def commit(self, keys: SessionKeys, token: str, turn: Turn, outcome: Outcome) -> bool:
+    async def commit(
+        self, keys: SessionKeys, token: str, turn: Turn, outcome: Outcome, *, webhook: str = ""
+    ) -> bool:
         """Fenced commit of the head; True when the lock was released (mailbox empty).
 
-        Raises ``CommitRejected`` with ``NOT_OWNER``, ``DUPLICATE`` or ``OUT_OF_ORDER``;
-        then nothing was written. One round trip.
+        ``webhook``: the event to tell webhook receivers of (``turn.completed``,
+        ``turn.failed``): the same script then writes the outbox message, so one is
+        written exactly when the commit is. Raises ``CommitRejected`` with ``NOT_OWNER``,
+        ``DUPLICATE`` or ``OUT_OF_ORDER``; then nothing was written. One round trip.
         """
         settings = self.settings
         tail = ""
@@ -290,7 +295,7 @@ class SessionStore:
             tail = self.delta_data(turn.attempt, outcome.tail_try, outcome.tail)
         reply = await self.scripts.commit(
             self.client,
-            _turn_keys(keys),
+            [*_turn_keys(keys), keys.outbox],
             {
                 "token": token,
                 "turn_id": turn.id,
@@ -299,6 +304,7 @@ class SessionStore:
                 "error": outcome.error,
                 "messages": [orjson.dumps(m).decode() for m in outcome.messages],
                 "tail": tail,
+                "webhook": webhook,
                 "now_ms": now_ms(),
                 "session_ttl_ms": settings.session_ttl_ms,
                 "lock_ttl_ms": settings.lock_ttl_ms,
@@ -402,7 +408,8 @@ class SessionStore:
         pipe.hmget(keys.meta, "next_seq", "done_seq", "created_at", "updated_at")
         pipe.llen(keys.mailbox)
         pipe.llen(keys.history)
-        (next_seq, done_seq, created, updated), pending, messages = await pipe.execute()
+        pipe.xrevrange(keys.events, "+", "-", count=1)
+        (next_seq, done_seq, created, updated), pending, messages, newest = await pipe.execute()
         if next_seq is None:
             raise SessionNotFound(f"No session {keys.session}.")
         return Session(
@@ -413,6 +420,7 @@ class SessionStore:
             message_count=int(messages),
             created_at=int(created),
             updated_at=int(updated),
+            last_event_id=newest[0][0] if newest else None,
         )
 
     async def messages(self, keys: SessionKeys, *, offset: int, limit: int) -> Page:

@@ -50,6 +50,7 @@ class Sweep:
         idle: dict[str, str] = {}
         forget: list[tuple[str, str]] = []
         stalled: list[SessionKeys] = []
+        unsent: list[SessionKeys] = []
         offset = 0
         while True:
             batch = await client.zrange(
@@ -66,13 +67,18 @@ class Sweep:
                 for keys in sessions:
                     pipe.exists(keys.lock)
                     pipe.llen(keys.mailbox)
+                    pipe.llen(keys.outbox)
                 states = await pipe.execute()
             for i, (member, score) in enumerate(batch):
-                locked, pending = states[2 * i], states[2 * i + 1]
+                locked, pending, outbox = states[3 * i : 3 * i + 3]
+                if outbox:  # the committer died before noting it: a sender must look
+                    unsent.append(sessions[i])
                 if locked:
                     continue  # a live holder drains it
                 if pending:
                     stalled.append(sessions[i])
+                elif outbox:
+                    continue  # not idle yet
                 elif self._idle.get(member) == score:
                     forget.append((member, score))
                 else:
@@ -80,6 +86,10 @@ class Sweep:
             if read < BATCH:
                 break
         self._idle = idle
+        if unsent:
+            await client.zadd(
+                store.globals.outbox_index, {k.member: now_ms() for k in unsent}, nx=True
+            )
         if not forget and not stalled:
             return []
 

@@ -189,14 +189,42 @@ def test_an_idle_session_stream_is_kept_alive(cluster: Cluster) -> None:
         assert comments == 2  # every 0.5 s here (CHATLANE_KEEPALIVE_S)
 
 
-def test_streams_of_unknown_turns_and_sessions_are_404_problems(http: httpx.Client) -> None:
+def test_the_stream_of_an_unknown_turn_is_a_404_problem(http: httpx.Client) -> None:
     http.post("/v1/sessions/known/turns", json={"content": "hi"})
-    for url in (
-        "/v1/sessions/known/turns/turn_000000000000000000000000/events",
-        "/v1/sessions/never-was/events",
-    ):
-        response = http.get(url)
-        assert response.status_code == 404
-        assert response.headers["content-type"] == "application/problem+json"
+    response = http.get("/v1/sessions/known/turns/turn_000000000000000000000000/events")
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/problem+json"
     bad = http.get("/v1/sessions/known/events", headers={"Last-Event-ID": "yesterday"})
     assert bad.status_code == 422
+
+
+def test_a_new_sessions_stream_can_be_opened_before_its_first_turn(http: httpx.Client) -> None:
+    seen = Seen()
+    with connect_sse(http, "GET", "/v1/sessions/brand-new/events") as source:
+        turn = http.post("/v1/sessions/brand-new/turns", json={"content": "hi"}).json()
+        for event in source.iter_sse():
+            seen.events.append(event)
+            if event.event in FINAL:
+                break
+    assert seen.data(-1)["id"] == turn["id"] and seen.rendered() == REPLY
+
+
+def test_a_session_says_where_its_stream_stands_to_follow_it_from_now(
+    http: httpx.Client,
+) -> None:
+    done = http.post("/v1/sessions/from-now/turns?wait=10", json={"content": "old"}).json()
+    session = http.get("/v1/sessions/from-now").json()
+    seen = Seen()
+    with connect_sse(
+        http, "GET", "/v1/sessions/from-now/events",
+        params={"last_event_id": session["last_event_id"]},
+    ) as source:  # fmt: skip
+        turn = http.post("/v1/sessions/from-now/turns", json={"content": "new"}).json()
+        for event in source.iter_sse():
+            seen.events.append(event)
+            if event.event in FINAL:
+                break
+    turn_ids = {
+        json.loads(e.data).get("turn_id", json.loads(e.data).get("id")) for e in seen.events
+    }
+    assert turn_ids == {turn["id"]} and done["id"] not in turn_ids

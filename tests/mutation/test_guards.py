@@ -32,6 +32,8 @@ SWEEPER = "tests/worker/test_sweeper.py"
 STARTUP = "tests/worker/test_startup.py"
 API = "tests/api/test_turns.py"
 SESSIONS = "tests/api/test_sessions.py"
+HOOKS = "tests/worker/test_webhooks.py"
+SSE = "tests/e2e/test_sse.py"
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,7 @@ MUTANTS = [
       'if A.existing_only and redis.call("EXISTS", KEYS[1]) == 0 then', "if false then",
       f"{STORE}::test_clearing_a_session_that_does_not_exist_writes_nothing"),
     m("accept reports a held lock", LUA + "accept.lua",
-      'return {"OK", rec.id, seq, redis.call("EXISTS", KEYS[7])}', 'return {"OK", rec.id, seq, 0}',
+      'redis.call("EXISTS", KEYS[7]), rec.events_from}', "0, rec.events_from}",
       f"{STORE}::test_accept_says_whether_a_worker_holds_the_session"),
     m("accept sets the session's expiry", LUA + "accept.lua",
       "expire(A.session_ttl_ms, 1, 5)", "",
@@ -191,6 +193,43 @@ MUTANTS = [
       "            await self.flush()\n            if writer.lease.lost.is_set():\n",
       "            await self.flush()\n            if False:\n",
       f"{STORE}::test_streaming_stops_with_lock_lost_once_another_worker_holds_the_session"),
+    # webhooks
+    m("a commit writes its webhook message", LUA + "commit.lua",
+      'if A.webhook ~= "" then', "if false then",
+      f"{HOOKS}::test_a_finished_turn_is_posted_to_its_webhook_signed_per_the_spec"),
+    m("only public addresses receive webhooks", "shared/addresses.py",
+      "    return bool(inner.is_global) and not (", "    return True or not (",
+      "tests/shared/test_addresses.py"),
+    m("IPv4 inside NAT64 is unwrapped", "shared/addresses.py",
+      "        if ip in NAT64 or ip in NAT64_LOCAL:", "        if False:",
+      "tests/shared/test_addresses.py"),
+    m("redirects are never followed", "worker/webhooks.py",
+      "allow_redirects=False", "allow_redirects=True",
+      f"{HOOKS}::test_a_redirect_is_a_failure_and_never_followed"),
+    m("Retry-After of a webhook receiver is honoured", "worker/webhooks.py",
+      "            pause = max(pause, wait)\n", "            pass\n",
+      f"{HOOKS}::test_429_is_retried_no_sooner_than_its_retry_after"),
+    m("410 disables the endpoint", "worker/webhooks.py",
+      "        if status == 410:\n", "        if False:\n",
+      f"{HOOKS}::test_410_disables_the_endpoint_and_buries_the_delivery"),
+    m("a delivery gives up after its attempts", "worker/webhooks.py",
+      "        if delivery.attempts >= self._settings.webhook_max_attempts:\n",
+      "        if False:\n",
+      f"{HOOKS}::test_a_delivery_that_gives_up_is_a_dead_letter_and_can_be_replayed"),
+    m("a refused target is not sent to", "worker/webhooks.py",
+      '                delivery.last_error = f"refused: {refused}"\n', "                raise\n",
+      f"{HOOKS}::test_a_private_target_is_refused_without_a_connection"),
+    m("every valid secret signs", "shared/signing.py",
+      '" ".join(signature(s, msg_id, at, body) for s in secrets_)',
+      "signature(secrets_[0], msg_id, at, body)",
+      f"{HOOKS}::test_a_rotated_secret_and_the_old_one_both_verify"),
+    # streaming
+    m("a resumed stream skips what it already sent", "shared/store/waiting.py",
+      "                if event.position <= position:\n", "                if False:\n",
+      f"{WAITING}::test_an_event_both_read_and_announced_is_yielded_once"),
+    m("an abandoned try is announced", "shared/store/deltas.py",
+      "        self._reset = reset(", "        self._reset = None and reset(",
+      f"{SSE}::test_an_abandoned_try_is_announced_and_never_becomes_the_text"),
     # waiting and the API
     m("a renewed subscription makes waiters read again", "shared/store/waiting.py",
       "            for watcher in watchers:\n                watcher.mark_stale()\n", "",

@@ -17,7 +17,7 @@ from shared.store.scripts import NAMES, source
 KEY_COMMANDS = {
     "DEL", "EXISTS", "GET", "HDEL", "HGET", "HINCRBY", "HMGET", "HSET", "HSETNX", "LINDEX",
     "LLEN", "LPOP", "LRANGE", "PEXPIRE", "RPUSH", "SET", "XADD", "XTRIM", "ZADD", "ZREM",
-    "ZSCORE",
+    "ZSCORE", "ZRANGEBYSCORE",
 }  # fmt: skip
 CALL = re.compile(r'redis\.call\("([A-Z]+)",\s*([^,)]+)')
 # Names the prelude binds to a key only ever taken from KEYS at every call site.

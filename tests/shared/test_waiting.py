@@ -157,3 +157,22 @@ async def test_a_channel_nobody_watches_is_unsubscribed_after_a_moment(
     assert client.pubsub_numsub(keys.channel)[0][1] == 1  # kept for a client polling again
     await asyncio.sleep(0.5)
     assert client.pubsub_numsub(keys.channel)[0][1] == 0
+
+
+async def test_an_event_both_read_and_announced_is_yielded_once(
+    store: SessionStore, keys: SessionKeys, make_hub: Callable[..., EventHub]
+) -> None:
+    from shared.store.waiting import follow_events
+
+    hub = make_hub()
+    await hub.start()
+    await store.accept(keys, input_doc={"content": "x"})
+    async with hub.watch(keys.channel) as watcher:
+        await store.begin(keys, "tok")  # announced after the subscription, before the read
+        await asyncio.sleep(0.2)  # ... and the announcement has arrived
+        seen: list[str] = []
+        async for event in follow_events(store, watcher, keys, "0-0", idle_s=0.3):
+            if event is None:  # nothing more: the stream went idle
+                break
+            seen.append(event.id)
+    assert len(seen) == len(set(seen)) == 2  # queued, running: each once

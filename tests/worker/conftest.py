@@ -9,6 +9,7 @@ from langchain_core.language_models import BaseChatModel
 from shared.redis import async_client
 from shared.settings import Settings
 from shared.store import DeltaBatcher, Heartbeat, SessionStore
+from shared.store.outbox import Outbox
 from worker.model import ModelSource
 from worker.turn import Runtime
 
@@ -35,7 +36,9 @@ async def make_runtime() -> AsyncIterator[RuntimeFactory]:
         deltas = DeltaBatcher(store, flush_s=settings.stream_flush_s)
         beats.append(asyncio.create_task(heartbeat.run()))
         beats.append(asyncio.create_task(deltas.run()))
-        runtime = Runtime(settings, store, heartbeat, deltas, ModelSource(settings, model))
+        runtime = Runtime(
+            settings, store, heartbeat, deltas, ModelSource(settings, model), Outbox(store)
+        )
         runtimes.append(runtime)
         return runtime
 

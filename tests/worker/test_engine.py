@@ -17,6 +17,7 @@ from langchain_core.outputs import ChatResult
 from shared.redis import async_client
 from shared.settings import Settings
 from shared.store import DeltaBatcher, Heartbeat, SessionStore, Turn
+from shared.store.outbox import Outbox
 from tests.support.polling import eventually
 from tests.support.proxy import StallingProxy
 from tests.support.streaming_server import StreamingModelServer
@@ -94,7 +95,9 @@ async def test_a_redis_slow_to_answer_slows_the_stream_instead_of_growing_memory
         cap = 32 * 1024
         deltas = DeltaBatcher(store, flush_s=0.01, max_pending_bytes=cap)
         model = Firehose()
-        rt = Runtime(proxied, store, Heartbeat(store), deltas, ModelSource(proxied, model))
+        rt = Runtime(
+            proxied, store, Heartbeat(store), deltas, ModelSource(proxied, model), Outbox(store)
+        )
         flusher = asyncio.create_task(deltas.run())
         keys = store.keys("default", "firehose")
         accepted = await store.accept(keys, input_doc={"content": "go"})

@@ -17,7 +17,17 @@ from typing import Any
 import orjson
 from redis.exceptions import NoScriptError
 
-NAMES = ("accept", "begin", "commit", "delta", "extend", "release", "rewake", "forget")
+NAMES = (
+    "accept",
+    "begin",
+    "commit",
+    "delta",
+    "extend",
+    "release",
+    "rewake",
+    "forget",
+    "claim",
+)
 
 
 @cache
@@ -88,6 +98,7 @@ class Scripts:
     release: Script
     rewake: Script
     forget: Script
+    claim: Script
 
     @classmethod
     def load(cls) -> Scripts:

@@ -2,11 +2,13 @@
 -- lock if nothing else is pending.
 --
 -- KEYS[1] lock   KEYS[2] mailbox   KEYS[3] history   KEYS[4] meta   KEYS[5] turns
--- KEYS[6] turn_index   KEYS[7] events
+-- KEYS[6] turn_index   KEYS[7] events   KEYS[8] outbox
 -- A: token, turn_id, status ("completed" | "failed"), output (object or null),
 --    error (object or null), messages (JSON documents, as strings, for history),
---    tail (data of a last "delta" event: text not yet streamed; "" for none), now_ms,
---    session_ttl_ms, lock_ttl_ms, events_ttl_ms, channel
+--    tail (data of a last "delta" event: text not yet streamed; "" for none),
+--    webhook (the event type to tell webhook receivers of, e.g. "turn.completed"; ""
+--    for none: an outbox message is written only here, only when the commit is made),
+--    now_ms, session_ttl_ms, lock_ttl_ms, events_ttl_ms, channel
 -- Returns {"OK", released (0|1), record JSON} | {"NOT_OWNER"} | {"DUPLICATE"}
 --       | {"OUT_OF_ORDER"}. Only "OK" writes anything. The mailbox is in acceptance
 -- order, so "the next expected turn" is exactly its head.
@@ -41,6 +43,11 @@ if A.tail ~= "" then
 end
 emit(KEYS[7], A.turn_id, "final", encoded)
 redis.call("XTRIM", KEYS[7], "MINID", string.format("%.0f", A.now_ms - A.events_ttl_ms))
+if A.webhook ~= "" then
+  redis.call("RPUSH", KEYS[8], cjson.encode({
+    msg = "msg_" .. A.turn_id, type = A.webhook, turn_id = A.turn_id, at = A.now_ms}))
+  redis.call("PEXPIRE", KEYS[8], A.session_ttl_ms)
+end
 
 expire(A.session_ttl_ms, 3, 6)
 if redis.call("LLEN", KEYS[2]) == 0 then

@@ -1,0 +1,195 @@
+"""``/v1/webhooks``: where a tenant's turn events are sent, the secrets that sign them, and
+the deliveries that gave up (dead letters), which can be sent again."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Response
+from pydantic import BaseModel, Field
+
+from api.deps import AppState, State, resolve_tenant
+from api.problems import problem
+from shared.addresses import TargetRefused, parse, resolve
+from shared.signing import is_secret, new_secret
+from shared.store.outbox import EVENTS, Delivery, Endpoint, EventName, Secret
+from shared.store.records import now_ms
+
+router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
+EndpointId = Annotated[str, Path(pattern=r"^ep_[0-9a-f]{16}$")]
+
+
+class EndpointIn(BaseModel):
+    url: str = Field(max_length=2048, examples=["https://example.com/chatlane"])
+    events: list[EventName] = Field(default_factory=lambda: list(EVENTS), min_length=1)
+    secret: str | None = Field(
+        default=None, description="A `whsec_` secret of yours; one is made when omitted."
+    )
+
+
+class EndpointOut(BaseModel):
+    id: str
+    url: str
+    events: list[EventName]
+    disabled: bool
+    disabled_reason: str | None
+    created_at: datetime
+    secret: str | None = Field(
+        default=None, description="Shown once: when the endpoint is made or its secret rotated."
+    )
+
+    @classmethod
+    def of(cls, endpoint: Endpoint, secret: str | None = None) -> EndpointOut:
+        return cls(
+            id=endpoint.id,
+            url=endpoint.url,
+            events=endpoint.events,
+            disabled=endpoint.disabled,
+            disabled_reason=endpoint.disabled_reason,
+            created_at=datetime.fromtimestamp(endpoint.created_at / 1000, tz=UTC),
+            secret=secret,
+        )
+
+
+class SecretsOut(BaseModel):
+    """Secrets that verify signatures: the newest first; older ones sign until they
+    expire, so receivers can switch without missing a delivery."""
+
+    secrets: list[Secret]
+
+
+class DeadLettersPage(BaseModel):
+    object: str = "list"
+    data: list[Delivery]
+    has_more: bool
+
+
+async def checked_url(state: AppState, url: str) -> Response | None:
+    """A 422 problem when ``url`` may not receive webhooks, else None."""
+    try:
+        parse(url)
+        if not state.settings.webhook_allow_private:
+            await resolve(url)
+    except TargetRefused as refused:
+        return problem(422, "Webhook URL refused", str(refused), kind="webhook-url-refused")
+    return None
+
+
+@router.get("/signing-secret", response_model=SecretsOut)
+async def signing_secret(state: State) -> SecretsOut:
+    """The secrets that sign deliveries to a turn's own `webhook` URL."""
+    tenant = resolve_tenant(state)
+    return SecretsOut(secrets=await state.outbox.signing_secrets(tenant, create=True))
+
+
+@router.post("/signing-secret/rotate", response_model=SecretsOut)
+async def rotate_signing_secret(state: State) -> SecretsOut:
+    """A new signing secret; the old ones keep signing for `CHATLANE_WEBHOOK_ROTATION_S`."""
+    grace = state.settings.webhook_rotation_s * 1000
+    return SecretsOut(
+        secrets=await state.outbox.rotate_signing_secret(resolve_tenant(state), grace)
+    )
+
+
+@router.post("/endpoints", status_code=201, response_model=EndpointOut)
+async def create_endpoint(body: EndpointIn, state: State) -> EndpointOut | Response:
+    """Send this tenant's `turn.completed` / `turn.failed` events to a URL."""
+    refused = await checked_url(state, body.url)
+    if refused is not None:
+        return refused
+    if body.secret is not None and not is_secret(body.secret):
+        return problem(
+            422, "Invalid secret", "A secret is whsec_ and base64.", kind="invalid-request"
+        )
+    secret = body.secret or new_secret()
+    endpoint = Endpoint(
+        id=f"ep_{secrets.token_hex(8)}",
+        url=body.url,
+        events=sorted(set(body.events)),
+        created_at=now_ms(),
+        secrets=[Secret(value=secret)],
+    )
+    await state.outbox.save_endpoint(resolve_tenant(state), endpoint)
+    return EndpointOut.of(endpoint, secret)
+
+
+@router.get("/endpoints", response_model=list[EndpointOut])
+async def list_endpoints(state: State) -> list[EndpointOut]:
+    endpoints = await state.outbox.endpoints(resolve_tenant(state), fresh=True)
+    return [EndpointOut.of(e) for e in endpoints]
+
+
+@router.get("/endpoints/{endpoint_id}", response_model=EndpointOut)
+async def get_endpoint(endpoint_id: EndpointId, state: State) -> EndpointOut | Response:
+    endpoint = await state.outbox.endpoint(resolve_tenant(state), endpoint_id)
+    if endpoint is None:
+        return _no_endpoint(endpoint_id)
+    return EndpointOut.of(endpoint)
+
+
+@router.delete("/endpoints/{endpoint_id}", status_code=204)
+async def delete_endpoint(endpoint_id: EndpointId, state: State) -> Response:
+    if not await state.outbox.remove_endpoint(resolve_tenant(state), endpoint_id):
+        return _no_endpoint(endpoint_id)
+    return Response(status_code=204)
+
+
+@router.post("/endpoints/{endpoint_id}/rotate-secret", response_model=EndpointOut)
+async def rotate_endpoint_secret(endpoint_id: EndpointId, state: State) -> EndpointOut | Response:
+    """A new secret for the endpoint; the old one keeps signing for a while."""
+    tenant = resolve_tenant(state)
+    endpoint = await state.outbox.endpoint(tenant, endpoint_id)
+    if endpoint is None:
+        return _no_endpoint(endpoint_id)
+    now, grace = now_ms(), state.settings.webhook_rotation_s * 1000
+    secret = new_secret()
+    endpoint.secrets = [
+        Secret(value=secret),
+        *(
+            Secret(value=s.value, expires_at=s.expires_at or now + grace)
+            for s in endpoint.secrets
+            if s.expires_at is None or s.expires_at > now
+        ),
+    ]
+    await state.outbox.save_endpoint(tenant, endpoint)
+    return EndpointOut.of(endpoint, secret)
+
+
+@router.post("/endpoints/{endpoint_id}/enable", response_model=EndpointOut)
+async def enable_endpoint(endpoint_id: EndpointId, state: State) -> EndpointOut | Response:
+    """Switch an endpoint back on (after a `410` switched it off)."""
+    tenant = resolve_tenant(state)
+    endpoint = await state.outbox.endpoint(tenant, endpoint_id)
+    if endpoint is None:
+        return _no_endpoint(endpoint_id)
+    endpoint.disabled, endpoint.disabled_reason = False, None
+    await state.outbox.save_endpoint(tenant, endpoint)
+    return EndpointOut.of(endpoint)
+
+
+@router.get("/dead-letters", response_model=DeadLettersPage)
+async def dead_letters(
+    state: State,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    before: Annotated[int | None, Query(ge=0, description="Older than this (ms).")] = None,
+) -> DeadLettersPage:
+    """Deliveries that gave up, newest first."""
+    found, more = await state.outbox.dead_letters(resolve_tenant(state), limit=limit, before=before)
+    return DeadLettersPage(data=found, has_more=more)
+
+
+@router.post("/dead-letters/{delivery_id}/replay", status_code=202, response_model=Delivery)
+async def replay(
+    delivery_id: Annotated[str, Path(max_length=200)], state: State
+) -> Delivery | Response:
+    """Send a dead letter again, from its first attempt (with the same `webhook-id`)."""
+    delivery = await state.outbox.replay(resolve_tenant(state), delivery_id)
+    if delivery is None:
+        return problem(404, "Not found", f"No dead letter {delivery_id}.", kind="not-found")
+    return delivery
+
+
+def _no_endpoint(endpoint_id: str) -> Response:
+    return problem(404, "Not found", f"No webhook endpoint {endpoint_id}.", kind="not-found")

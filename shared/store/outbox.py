@@ -1,0 +1,289 @@
+"""Webhooks in Redis: each tenant's endpoints and signing secrets, the outbox the commit
+script writes, deliveries with their attempts, and dead letters.
+
+A delivery exists only because ``commit.lua`` wrote an outbox message in the same step
+that committed a turn: never for an uncommitted or fenced-out turn, and one message per
+commit. A sender turns each message into one delivery per target (the turn's own
+``webhook`` URL, every endpoint of the tenant that takes the event), sends them at least
+once, and a receiver drops repeats by ``webhook-id``, which is the message's and the same
+on every attempt. Moving a message into deliveries is not atomic (the outbox belongs to a
+session's slot, deliveries to none): a sender that dies halfway leaves the message,
+which becomes the same deliveries again — at least once, never lost.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+from pydantic import BaseModel, Field
+
+from shared.keys import SessionKeys, parse_member
+from shared.signing import new_secret
+from shared.store.records import Turn, now_ms
+from shared.store.store import SessionStore
+
+EventName = Literal["turn.completed", "turn.failed"]
+EVENTS: tuple[EventName, ...] = ("turn.completed", "turn.failed")
+SIGNING = "_signing"  # the field of a tenant's hash holding its signing secrets
+CACHE_S = 2.0
+
+
+class Secret(BaseModel):
+    value: str
+    expires_at: int | None = None  # ms; a rotated-out secret signs until then
+
+
+class Endpoint(BaseModel):
+    """A URL that receives a tenant's webhook events."""
+
+    id: str
+    url: str
+    events: list[EventName] = Field(default_factory=lambda: list(EVENTS))
+    disabled: bool = False
+    disabled_reason: str | None = None
+    created_at: int
+    secrets: list[Secret] = Field(default_factory=list)
+
+    def live_secrets(self, now: int) -> list[str]:
+        return [s.value for s in self.secrets if s.expires_at is None or s.expires_at > now]
+
+
+class Delivery(BaseModel):
+    """One message for one target, with its attempts so far."""
+
+    id: str
+    msg_id: str
+    type: EventName
+    tenant: str
+    session: str
+    turn_id: str
+    url: str
+    endpoint_id: str | None = None
+    payload: str
+    attempts: int = 0
+    created_at: int
+    last_error: str | None = None
+    dead_at: int | None = None
+
+
+@dataclass
+class _Cached:
+    at: float
+    endpoints: list[Endpoint] = field(default_factory=list)
+
+
+class Outbox:
+    """The webhook side of the store; asyncio, one per process."""
+
+    def __init__(self, store: SessionStore) -> None:
+        self.store = store
+        self._client = store.client
+        self._keys = store.globals
+        self._cache: dict[str, _Cached] = {}
+
+    # -- endpoints and secrets ------------------------------------------------------------
+
+    async def endpoints(self, tenant: str, *, fresh: bool = False) -> list[Endpoint]:
+        cached = self._cache.get(tenant)
+        if not fresh and cached is not None and time.monotonic() - cached.at < CACHE_S:
+            return cached.endpoints
+        raw = await self._client.hgetall(self._keys.endpoints(tenant))
+        found = sorted(
+            (Endpoint.model_validate_json(v) for k, v in raw.items() if k != SIGNING),
+            key=lambda e: e.created_at,
+        )
+        self._cache[tenant] = _Cached(time.monotonic(), found)
+        return found
+
+    async def endpoint(self, tenant: str, endpoint_id: str) -> Endpoint | None:
+        raw = await self._client.hget(self._keys.endpoints(tenant), endpoint_id)
+        return Endpoint.model_validate_json(raw) if raw else None
+
+    async def save_endpoint(self, tenant: str, endpoint: Endpoint) -> None:
+        await self._client.hset(
+            self._keys.endpoints(tenant), endpoint.id, endpoint.model_dump_json()
+        )
+        self._cache.pop(tenant, None)
+
+    async def remove_endpoint(self, tenant: str, endpoint_id: str) -> bool:
+        self._cache.pop(tenant, None)
+        return bool(await self._client.hdel(self._keys.endpoints(tenant), endpoint_id))
+
+    async def subscribed(self, tenant: str, event: EventName) -> bool:
+        """Whether some enabled endpoint of the tenant takes ``event``."""
+        endpoints = await self.endpoints(tenant)
+        return any(event in e.events and not e.disabled for e in endpoints)
+
+    async def signing_secrets(self, tenant: str, *, create: bool = False) -> list[Secret]:
+        """The secrets that sign deliveries to turns' own ``webhook`` URLs."""
+        key = self._keys.endpoints(tenant)
+        raw = await self._client.hget(key, SIGNING)
+        if raw is None and create:
+            fresh = [Secret(value=new_secret())]
+            await self._client.hsetnx(key, SIGNING, _dump_secrets(fresh))
+            raw = await self._client.hget(key, SIGNING)
+        if raw is None:
+            return []
+        return [Secret.model_validate(s) for s in orjson.loads(raw)]
+
+    async def rotate_signing_secret(self, tenant: str, grace_ms: int) -> list[Secret]:
+        now = now_ms()
+        kept = [
+            Secret(value=s.value, expires_at=s.expires_at or now + grace_ms)
+            for s in await self.signing_secrets(tenant)
+            if s.expires_at is None or s.expires_at > now
+        ]
+        secrets_ = [Secret(value=new_secret()), *kept]
+        await self._client.hset(self._keys.endpoints(tenant), SIGNING, _dump_secrets(secrets_))
+        return secrets_
+
+    # -- from commit to deliveries --------------------------------------------------------
+
+    async def note(self, keys: SessionKeys) -> None:
+        """A commit just wrote an outbox message in this session: have a sender look."""
+        await self._client.zadd(self._keys.outbox_index, {keys.member: now_ms()})
+
+    async def claim(self, schedule: str, limit: int, lease_ms: int) -> list[tuple[str, str]]:
+        """Up to ``limit`` due members of a schedule, each held for ``lease_ms``."""
+        reply = await self.store.scripts.claim(
+            self._client, [schedule], {"now_ms": now_ms(), "lease_ms": lease_ms, "limit": limit}
+        )
+        return list(zip(reply[::2], reply[1::2], strict=True))
+
+    async def claim_sessions(self, limit: int, lease_ms: int) -> list[tuple[str, str]]:
+        return await self.claim(self._keys.outbox_index, limit, lease_ms)
+
+    async def expand(self, member: str, claimed: str) -> int:
+        """Turn the session's outbox messages into deliveries; returns how many messages.
+
+        The session leaves the index only if no commit noted it since it was claimed.
+        """
+        tenant, session = parse_member(member)
+        keys = self.store.keys(tenant, session)
+        messages = await self._client.lrange(keys.outbox, 0, -1)
+        now = now_ms()
+        for raw in messages:
+            message = orjson.loads(raw)
+            deliveries = await self._deliveries_for(tenant, session, message, now)
+            if deliveries:
+                pipe = self._client.pipeline(transaction=False)
+                for delivery in deliveries:
+                    pipe.hset(self._keys.deliveries, delivery.id, delivery.model_dump_json())
+                    pipe.zadd(self._keys.deliveries_due, {delivery.id: now})
+                await pipe.execute()
+        if messages:
+            await self._client.ltrim(keys.outbox, len(messages), -1)
+        await self.store.scripts.forget(
+            self._client, [self._keys.outbox_index], {"member": member, "score": claimed}
+        )
+        if await self._client.llen(keys.outbox):  # a commit came in between
+            await self.note(keys)
+        return len(messages)
+
+    async def _deliveries_for(
+        self, tenant: str, session: str, message: dict[str, Any], now: int
+    ) -> list[Delivery]:
+        keys = self.store.keys(tenant, session)
+        raw = await self._client.hget(keys.turns, message["turn_id"])
+        if raw is None:
+            return []
+        turn = Turn.from_json(raw)
+        event: EventName = message["type"]
+        body = orjson.dumps(
+            {
+                "type": event,
+                "timestamp": turn.finished_at.isoformat() if turn.finished_at else None,
+                "data": turn.model_dump(mode="json"),
+            }
+        ).decode()
+        targets: list[tuple[str, str | None]] = []
+        if turn.webhook:
+            targets.append((turn.webhook, None))
+        for endpoint in await self.endpoints(tenant, fresh=True):
+            if event in endpoint.events and not endpoint.disabled:
+                targets.append((endpoint.url, endpoint.id))
+        msg_id = message["msg"]
+        return [
+            Delivery(
+                id=f"{msg_id}:{endpoint_id or 'turn'}",
+                msg_id=msg_id,
+                type=event,
+                tenant=tenant,
+                session=session,
+                turn_id=turn.id,
+                url=url,
+                endpoint_id=endpoint_id,
+                payload=body,
+                created_at=now,
+            )
+            for url, endpoint_id in targets
+        ]
+
+    # -- deliveries -----------------------------------------------------------------------
+
+    async def claim_deliveries(self, limit: int, lease_ms: int) -> list[Delivery]:
+        claimed = await self.claim(self._keys.deliveries_due, limit, lease_ms)
+        if not claimed:
+            return []
+        raws = await self._client.hmget(self._keys.deliveries, [d for d, _ in claimed])
+        found = [Delivery.model_validate_json(r) for r in raws if r is not None]
+        missing = [d for (d, _), r in zip(claimed, raws, strict=True) if r is None]
+        if missing:
+            await self._client.zrem(self._keys.deliveries_due, *missing)
+        return found
+
+    async def delivered(self, delivery: Delivery) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        pipe.zrem(self._keys.deliveries_due, delivery.id)
+        pipe.hdel(self._keys.deliveries, delivery.id)
+        await pipe.execute()
+
+    async def retry_at(self, delivery: Delivery, at_ms: int) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        pipe.hset(self._keys.deliveries, delivery.id, delivery.model_dump_json())
+        pipe.zadd(self._keys.deliveries_due, {delivery.id: at_ms})
+        await pipe.execute()
+
+    async def bury(self, delivery: Delivery) -> None:
+        """Move a delivery to its tenant's dead letters."""
+        delivery.dead_at = now_ms()
+        pipe = self._client.pipeline(transaction=False)
+        pipe.hset(self._keys.dead_letters(delivery.tenant), delivery.id, delivery.model_dump_json())
+        pipe.zadd(self._keys.dead_index(delivery.tenant), {delivery.id: delivery.dead_at})
+        pipe.zrem(self._keys.deliveries_due, delivery.id)
+        pipe.hdel(self._keys.deliveries, delivery.id)
+        await pipe.execute()
+
+    async def dead_letters(
+        self, tenant: str, *, limit: int, before: int | None = None
+    ) -> tuple[list[Delivery], bool]:
+        """A tenant's dead letters, newest first, ``limit`` at a time (``before``: ms)."""
+        high = f"({before}" if before is not None else "+inf"
+        ids = await self._client.zrange(
+            self._keys.dead_index(tenant), high, "-inf", byscore=True, desc=True,
+            offset=0, num=limit + 1,
+        )  # fmt: skip
+        raws = await self._client.hmget(self._keys.dead_letters(tenant), ids[:limit]) if ids else []
+        return [Delivery.model_validate_json(r) for r in raws if r], len(ids) > limit
+
+    async def replay(self, tenant: str, delivery_id: str) -> Delivery | None:
+        """A dead letter sent again from its first attempt (same ``webhook-id``)."""
+        raw = await self._client.hget(self._keys.dead_letters(tenant), delivery_id)
+        if raw is None:
+            return None
+        delivery = Delivery.model_validate_json(raw)
+        delivery.attempts, delivery.dead_at, delivery.last_error = 0, None, None
+        pipe = self._client.pipeline(transaction=False)
+        pipe.hset(self._keys.deliveries, delivery.id, delivery.model_dump_json())
+        pipe.zadd(self._keys.deliveries_due, {delivery.id: now_ms()})
+        pipe.hdel(self._keys.dead_letters(tenant), delivery_id)
+        pipe.zrem(self._keys.dead_index(tenant), delivery_id)
+        await pipe.execute()
+        return delivery
+
+
+def _dump_secrets(secrets_: list[Secret]) -> str:
+    return orjson.dumps([s.model_dump() for s in secrets_]).decode()

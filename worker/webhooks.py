@@ -1,0 +1,170 @@
+"""Sending webhooks: each worker process runs a sender on its engine.
+
+A sender claims sessions whose outbox has messages and turns them into deliveries, then
+claims due deliveries and POSTs each, signed per the Standard Webhooks spec, to the
+address that was checked for it (no SSRF), with connect and read timeouts and a cap on
+the response it reads. Redirects are failures and never followed. A delivery that fails
+is tried again after an exponential backoff with jitter (or the receiver's
+``Retry-After``, if longer); after ``CHATLANE_WEBHOOK_MAX_ATTEMPTS`` it becomes a dead
+letter, which can be listed and replayed over the API. A ``410`` disables the endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from contextlib import suppress
+
+import aiohttp
+
+from shared.addresses import Target, TargetRefused, resolve
+from shared.settings import Settings
+from shared.signing import signed_headers
+from shared.store.outbox import Delivery, Outbox
+from shared.store.records import now_ms
+from worker.retry_after import retry_after_s
+
+log = logging.getLogger(__name__)
+
+MAX_RESPONSE_BYTES = 64 * 1024
+SESSION_LEASE_MS = 30_000
+BATCH = 100
+IN_FLIGHT = 64
+POLL_S = 0.5
+
+
+class WebhookSender:
+    """Delivers this deployment's webhooks (at least once); ``wake`` after a commit."""
+
+    def __init__(self, outbox: Outbox, settings: Settings) -> None:
+        self._outbox = outbox
+        self._settings = settings
+        self._wake = asyncio.Event()
+        self._slots = asyncio.Semaphore(IN_FLIGHT)
+        self._session: aiohttp.ClientSession | None = None
+        self.sent = 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Send until cancelled."""
+        timeout = self._settings.webhook_timeout_s
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=IN_FLIGHT, force_close=True),
+            timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 5.0)),
+            headers={"user-agent": "chatlane-webhooks"},
+        )
+        try:
+            while True:
+                with suppress(TimeoutError):
+                    async with asyncio.timeout(POLL_S):
+                        await self._wake.wait()
+                self._wake.clear()
+                try:
+                    await self.once()
+                except Exception:
+                    log.warning("webhook sending failed; retrying", exc_info=True)
+                    await asyncio.sleep(1)
+        finally:
+            await self._session.close()
+
+    async def once(self) -> int:
+        """Expand due outboxes, then send due deliveries; returns how many were tried."""
+        outbox = self._outbox
+        for member, claimed in await outbox.claim_sessions(BATCH, SESSION_LEASE_MS):
+            await outbox.expand(member, claimed)
+        lease_ms = int((self._settings.webhook_timeout_s * 2 + 30) * 1000)
+        deliveries = await outbox.claim_deliveries(BATCH, lease_ms)
+        await asyncio.gather(*(self._send(d) for d in deliveries))
+        return len(deliveries)
+
+    async def _secrets(self, delivery: Delivery) -> list[str] | None:
+        """The secrets to sign with; None when the endpoint is gone (nothing to send)."""
+        now = now_ms()
+        if delivery.endpoint_id is None:
+            secrets_ = await self._outbox.signing_secrets(delivery.tenant, create=True)
+            return [s.value for s in secrets_ if s.expires_at is None or s.expires_at > now]
+        endpoint = await self._outbox.endpoint(delivery.tenant, delivery.endpoint_id)
+        if endpoint is None:
+            return None
+        if endpoint.disabled:
+            return []
+        return endpoint.live_secrets(now)
+
+    async def _send(self, delivery: Delivery) -> None:
+        async with self._slots:
+            secrets_ = await self._secrets(delivery)
+            if secrets_ is None:  # the endpoint was deleted
+                await self._outbox.delivered(delivery)
+                return
+            if not secrets_:
+                delivery.last_error = "the endpoint is disabled"
+                await self._outbox.bury(delivery)
+                return
+            try:
+                target = await resolve(
+                    delivery.url, allow_private=self._settings.webhook_allow_private
+                )
+            except TargetRefused as refused:
+                delivery.last_error = f"refused: {refused}"
+                await self._outbox.bury(delivery)
+                return
+            await self._attempt(delivery, target, secrets_)
+
+    async def _attempt(self, delivery: Delivery, target: Target, secrets_: list[str]) -> None:
+        body = delivery.payload.encode()
+        headers = {
+            **signed_headers(delivery.msg_id, body, secrets_),
+            "content-type": "application/json",
+            "host": target.host if target.port in (80, 443) else f"{target.host}:{target.port}",
+        }
+        address = f"[{target.address}]" if ":" in target.address else target.address
+        url = f"{target.scheme}://{address}:{target.port}{target.path}"
+        delivery.attempts += 1
+        assert self._session is not None
+        status, wait = 0, None
+        try:
+            async with self._session.post(
+                url,
+                data=body,
+                headers=headers,
+                allow_redirects=False,
+                server_hostname=target.host if target.scheme == "https" else None,
+            ) as response:
+                status = response.status
+                await response.content.read(MAX_RESPONSE_BYTES)
+                wait = retry_after_s(response.headers)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            delivery.last_error = f"{type(exc).__name__}: {exc}"[:300]
+        if 200 <= status < 300:
+            self.sent += 1
+            await self._outbox.delivered(delivery)
+            return
+        if status:
+            delivery.last_error = f"answered {status}"
+        if status == 410:
+            await self._disable(delivery)
+            return
+        if delivery.attempts >= self._settings.webhook_max_attempts:
+            await self._outbox.bury(delivery)
+            return
+        pause = self._backoff(delivery.attempts)
+        if wait is not None and status in (429, 503):
+            pause = max(pause, wait)
+        await self._outbox.retry_at(delivery, now_ms() + int(pause * 1000))
+
+    def _backoff(self, attempts: int) -> float:
+        settings = self._settings
+        base = settings.webhook_backoff_s * 2.0 ** (attempts - 1)
+        return float(min(base * (0.5 + random.random()), settings.webhook_max_backoff_s))
+
+    async def _disable(self, delivery: Delivery) -> None:
+        """``410 Gone``: the receiver wants no more; its endpoint is switched off."""
+        if delivery.endpoint_id is not None:
+            endpoint = await self._outbox.endpoint(delivery.tenant, delivery.endpoint_id)
+            if endpoint is not None:
+                endpoint.disabled, endpoint.disabled_reason = True, "the receiver answered 410"
+                await self._outbox.save_endpoint(delivery.tenant, endpoint)
+        await self._outbox.bury(delivery)
