@@ -14,11 +14,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from contextlib import suppress
 
 import aiohttp
 
 from shared.addresses import Target, TargetRefused, resolve
+from shared.aio import event_set_within, stop_if_cancelled
 from shared.settings import Settings
 from shared.signing import signed_headers
 from shared.store.outbox import Delivery, Outbox
@@ -58,9 +58,8 @@ class WebhookSender:
         )
         try:
             while True:
-                with suppress(TimeoutError):
-                    async with asyncio.timeout(POLL_S):
-                        await self._wake.wait()
+                stop_if_cancelled()
+                await event_set_within(self._wake, POLL_S)
                 self._wake.clear()
                 try:
                     await self.once()

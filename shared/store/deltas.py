@@ -3,8 +3,9 @@
 Every turn a process runs writes its streamed text into a ``DeltaWriter``; one
 ``DeltaBatcher`` per process appends what all of them buffered, one ``delta`` event per
 turn, in a single pipelined round trip every ``flush_s`` (sooner when a turn has
-``TURN_BYTES`` waiting). Each append is fenced by its turn's lock token: a writer whose
-lease is gone gets nothing written, and its turn is cancelled.
+``TURN_BYTES`` waiting, and at once for a turn's first text). Each append is fenced by
+its turn's lock token: a writer whose lease is gone gets nothing written, and its turn
+is cancelled.
 
 Backpressure: when Redis is slow to answer and ``MAX_PENDING_BYTES`` of text is waiting
 across the process, writers wait for the next flush to finish, so a slow Redis slows the
@@ -18,6 +19,7 @@ import logging
 
 import orjson
 
+from shared.aio import event_set_within, stop_if_cancelled
 from shared.errors import LockLost
 from shared.store.lease import Lease
 from shared.store.store import SessionStore
@@ -40,6 +42,7 @@ class DeltaWriter:
     __slots__ = (
         "_batcher",
         "_buffer",
+        "_first",
         "_flushed",
         "_head",
         "_reset",
@@ -59,6 +62,7 @@ class DeltaWriter:
         self.try_number = 0
         self._buffer: list[str] = []
         self._size = 0
+        self._first = True
         self._flushed: asyncio.Future[None] | None = None
         self.pack = lease.store.delta_packer(lease.keys, lease.token, turn_id)
         self._reset: bytes | None = None
@@ -96,6 +100,9 @@ class DeltaWriter:
         self._buffer.append(text)
         size = len(text)
         self._size += size
+        if self._first:  # the first token shows at once: time to first token matters most
+            self._first = False
+            self._batcher.mark_waiting(now=True)
         await self._batcher.added(self, size)
 
     def take(self) -> list[bytes]:
@@ -168,9 +175,10 @@ class DeltaBatcher:
     def forget_bytes(self, size: int) -> None:
         self._pending -= size
 
-    def mark_waiting(self) -> None:
-        """Something other than text waits (a reset): flush soon, if unbatched at once."""
-        if self._flush_s <= 0:
+    def mark_waiting(self, *, now: bool = False) -> None:
+        """Something waits that should not wait for the next batch (a reset: if unbatched;
+        a turn's first text: ``now``)."""
+        if now or self._flush_s <= 0:
             self._soon.set()
 
     async def added(self, writer: DeltaWriter, size: int) -> None:
@@ -190,12 +198,9 @@ class DeltaBatcher:
     async def run(self) -> None:
         """Flush every ``flush_s`` (or as soon as asked) until cancelled."""
         while True:
+            stop_if_cancelled()
             if self._flush_s > 0:
-                try:
-                    async with asyncio.timeout(self._flush_s):
-                        await self._soon.wait()
-                except TimeoutError:
-                    pass
+                await event_set_within(self._soon, self._flush_s)
             else:
                 await self._soon.wait()
             self._soon.clear()

@@ -42,12 +42,13 @@ class Watcher:
     """What one waiting client sees of a session: its events in order, or a note that
     some may have been missed and the state must be read again."""
 
-    __slots__ = ("_payloads", "_stale", "_wake")
+    __slots__ = ("_payloads", "_ready", "_stale", "_waiter")
 
     def __init__(self) -> None:
         self._payloads: deque[str] = deque()
         self._stale = False
-        self._wake = asyncio.Event()
+        self._ready = False
+        self._waiter: asyncio.Future[bool] | None = None
 
     def push(self, payload: str) -> None:
         if len(self._payloads) >= MAX_QUEUED:  # a slow reader: it re-reads instead
@@ -55,26 +56,38 @@ class Watcher:
             self._stale = True
         else:
             self._payloads.append(payload)
-        self._wake.set()
+        self._wake()
 
     def mark_stale(self) -> None:
         self._stale = True
-        self._wake.set()
+        self._wake()
 
     def reset(self) -> None:
         self._payloads.clear()
         self._stale = False
-        self._wake.clear()
+        self._ready = False
+
+    def _wake(self) -> None:
+        self._ready = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(True)
 
     async def wait(self, timeout_s: float) -> bool:
-        """True once something arrived (or the state must be re-read); False on timeout."""
-        if not self._wake.is_set():
-            try:
-                async with asyncio.timeout(timeout_s):
-                    await self._wake.wait()
-            except TimeoutError:
-                return False
-        return True
+        """True once something arrived (or the state must be re-read); False on timeout.
+
+        A future and a timer, not ``asyncio.timeout``: no timer here ever cancels the
+        caller, so a cancel of the caller always propagates (see ``shared.aio``)."""
+        if self._ready:
+            return True
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
+        timer = loop.call_later(max(timeout_s, 0.0), _settle, waiter, False)
+        self._waiter = waiter
+        try:
+            return await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
 
     def take(self) -> tuple[list[Event], bool]:
         """The events that arrived since the last call, and whether to re-read the state."""
@@ -82,6 +95,11 @@ class Watcher:
         stale = self._stale
         self.reset()
         return events, stale
+
+
+def _settle(waiter: asyncio.Future[bool], result: bool) -> None:
+    if not waiter.done():
+        waiter.set_result(result)
 
 
 class EventHub:

@@ -230,6 +230,13 @@ MUTANTS = [
     m("an abandoned try is announced", "shared/store/deltas.py",
       "        self._reset = reset(", "        self._reset = None and reset(",
       f"{SSE}::test_an_abandoned_try_is_announced_and_never_becomes_the_text"),
+    m("a dropped cancel still stops a loop", "shared/aio.py",
+      "    if task is not None and task.cancelling():\n", "    if False:\n",
+      f"{HOOKS}::test_a_sender_stops_when_cancelled_even_if_a_call_below_it_swallows_the_cancel",
+      "tests/shared/test_aio.py::test_a_batcher_whose_flush_swallows_its_cancel_still_stops"),
+    m("a turn's first text is written at once", "shared/store/deltas.py",
+      "            self._batcher.mark_waiting(now=True)\n", "",
+      f"{STORE}::test_a_turns_first_text_is_written_at_once_and_the_rest_in_batches"),
     # waiting and the API
     m("a renewed subscription makes waiters read again", "shared/store/waiting.py",
       "            for watcher in watchers:\n                watcher.mark_stale()\n", "",
@@ -284,11 +291,15 @@ def run_mutant(mutant: Mutant, pristine: Path, redis_url: str, workdir: Path) ->
         return -1, f"{mutant.path} no longer holds the guard as written"
     target.write_text(text.replace(mutant.old, mutant.new))
     env = {**os.environ, "CHATLANE_TEST_REDIS_URL": redis_url, "PYTHONDONTWRITEBYTECODE": "1"}
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-         "-o", "addopts=", "--timeout", "60", *mutant.tests],
-        cwd=copy, env=env, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+             "-o", "addopts=", "--timeout", "60", *mutant.tests],
+            cwd=copy, env=env, capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        shutil.rmtree(copy, ignore_errors=True)
+        return -2, "its tests hung for 300 s"
     shutil.rmtree(copy, ignore_errors=True)
     summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr
     return done.returncode, summary
@@ -318,6 +329,7 @@ def outcomes(
         pool.shutdown(cancel_futures=True)
 
 
+@pytest.mark.timeout(900)  # results come two at a time, in order; a hung mutant ends at 300 s
 @pytest.mark.parametrize("mutant", MUTANTS, ids=[mutant.name for mutant in MUTANTS])
 def test_breaking_the_guard_fails_its_tests(
     mutant: Mutant, outcomes: dict[str, Future[tuple[int, str]]]

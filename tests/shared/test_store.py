@@ -437,3 +437,32 @@ async def test_the_sweeper_forgets_a_session_only_if_untouched_since_it_was_read
     assert client.zscore(index, "acme:s") == 6
     assert await forget("6") == 1
     assert client.zscore(index, "acme:s") is None
+
+
+async def test_a_turns_first_text_is_written_at_once_and_the_rest_in_batches(
+    store: SessionStore, client: redis.Redis, keys: SessionKeys
+) -> None:
+    import asyncio
+
+    from shared.store import DeltaBatcher, Lease
+
+    turn_id = await _accept(store, keys, "hi")
+    lease = Lease(store, keys)
+    assert await store.begin(keys, lease.token) is not None
+    batcher = DeltaBatcher(store, flush_s=5.0)
+    flusher = asyncio.create_task(batcher.run())
+    try:
+        writer = batcher.writer(lease, turn_id, attempt=1)
+
+        def deltas() -> list[str]:
+            return [f["data"] for _, f in client.xrange(keys.events) if f["type"] == "delta"]
+
+        await writer.write("first ")
+        await asyncio.sleep(0.3)
+        assert len(deltas()) == 1  # the first text did not wait for the batch
+        await writer.write("second")
+        await asyncio.sleep(0.3)
+        assert len(deltas()) == 1  # the rest does
+        assert await writer.close() == "second"
+    finally:
+        flusher.cancel()

@@ -4,6 +4,7 @@ implementation of Standard Webhooks (the ``standardwebhooks`` package)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -238,3 +239,22 @@ async def test_a_private_target_is_refused_without_a_connection(
         await rig.stop()
     assert receiver.received == []
     assert len(dead) == 1 and (dead[0].last_error or "").startswith("refused:")
+
+
+async def test_a_sender_stops_when_cancelled_even_if_a_call_below_it_swallows_the_cancel(
+    rig: Rig,
+) -> None:
+    sending = asyncio.Event()
+
+    async def swallowing_once() -> int:
+        sending.set()
+        with contextlib.suppress(asyncio.CancelledError):  # what a careless library does
+            await asyncio.sleep(0.05)
+        return 0
+
+    rig.sender.once = swallowing_once  # type: ignore[method-assign]
+    rig.sender.wake()
+    await sending.wait()
+    rig.task.cancel()
+    done, _ = await asyncio.wait((rig.task,), timeout=2.0)
+    assert done, "the sender went on after it was cancelled"
