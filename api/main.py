@@ -14,6 +14,7 @@ from api.deps import AppState
 from api.limits import BodyLimit
 from api.metrics import ApiMetrics, MetricsMiddleware
 from api.routes import events, health, page, sessions, turns, webhooks
+from shared import heap
 from shared.errors import ConfigurationError
 from shared.redis import async_client, check_eviction_policy, pubsub_client
 from shared.settings import Settings
@@ -68,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                         outbox=Outbox(store),
                         eviction_checked=checked,
                     )
+                    heap.settle()
                     yield
             finally:
                 await hub.close()

@@ -19,6 +19,7 @@ from concurrent.futures import Future
 from contextlib import suppress
 from typing import Any, TypeVar
 
+from shared import heap
 from shared.errors import ConfigurationError
 from shared.redis import async_client, check_eviction_policy, masked
 from shared.settings import Settings
@@ -154,6 +155,7 @@ class Engine:
                     ),
                 ]
                 runtime = Runtime(settings, store, heartbeat, deltas, models, outbox, sender.wake)
+                heap.settle()
                 self._ready.set_result(runtime)
                 await self._stop.wait()
                 if self._draining:

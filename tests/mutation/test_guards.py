@@ -237,6 +237,12 @@ MUTANTS = [
     m("a turn's first text is written at once", "shared/store/deltas.py",
       "            self._batcher.mark_waiting(now=True)\n", "",
       f"{STORE}::test_a_turns_first_text_is_written_at_once_and_the_rest_in_batches"),
+    m("the API settles its heap", "api/main.py",
+      "                    heap.settle()\n", "",
+      "tests/shared/test_heap.py::test_the_api_freezes_what_it_built_at_start_and_makes_full_collections_rare"),
+    m("a worker settles its heap", "worker/engine.py",
+      "                heap.settle()\n", "",
+      "tests/shared/test_heap.py::test_a_worker_does_the_same_once_its_engine_runs"),
     # waiting and the API
     m("a renewed subscription makes waiters read again", "shared/store/waiting.py",
       "            for watcher in watchers:\n                watcher.mark_stale()\n", "",
