@@ -69,7 +69,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                         outbox=Outbox(store),
                         eviction_checked=checked,
                     )
-                    heap.settle()
+                    if settings.settle_heap:
+                        heap.settle()
                     yield
             finally:
                 await hub.close()

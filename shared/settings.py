@@ -22,6 +22,7 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     broker_url: str | None = None
     allow_eviction: bool = False
+    settle_heap: bool = True  # shared/heap.py, once a process has started
     data_dir: Path = Path(".chatlane")
     key_prefix: str = Field(default="chatlane", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
 

@@ -23,6 +23,7 @@ TEST_DEFAULTS: dict[str, Any] = {
     "model_timeout_s": 10.0,
     "turn_deadline_s": 30.0,
     "retry_backoff_s": 0.01,
+    "settle_heap": False,  # the API and engines that tests run share the pytest process
 }
 
 

@@ -155,7 +155,8 @@ class Engine:
                     ),
                 ]
                 runtime = Runtime(settings, store, heartbeat, deltas, models, outbox, sender.wake)
-                heap.settle()
+                if settings.settle_heap:
+                    heap.settle()
                 self._ready.set_result(runtime)
                 await self._stop.wait()
                 if self._draining:

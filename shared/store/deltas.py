@@ -35,8 +35,9 @@ class DeltaWriter:
 
     Deltas carry the attempt (a worker's start of the turn) and the ``try`` (the model
     request within that attempt), so a reader can drop the text of a try that was
-    abandoned. What is still buffered when the turn ends goes to the commit
-    (``close``), so a short reply costs no extra round trip.
+    abandoned. A turn's first text is written at once, on its own (time to first
+    token); the rest waits for the batch, and what is still buffered when the turn ends
+    goes to the commit (``close``).
     """
 
     __slots__ = (
@@ -102,7 +103,7 @@ class DeltaWriter:
         self._size += size
         if self._first:  # the first token shows at once: time to first token matters most
             self._first = False
-            self._batcher.mark_waiting(now=True)
+            self._batcher.eager(self)
         await self._batcher.added(self, size)
 
     def take(self) -> list[bytes]:
@@ -155,6 +156,8 @@ class DeltaBatcher:
         self._max_pending = max_pending_bytes
         self._writers: dict[DeltaWriter, None] = {}  # attached, in attach order
         self._pending = 0
+        self._eager: dict[DeltaWriter, None] = {}  # flush these before the batch is due
+        self._full = False  # flush everyone before the batch is due
         self._soon = asyncio.Event()
         self._flushed = asyncio.Event()
         self.flushes = 0
@@ -175,19 +178,25 @@ class DeltaBatcher:
     def forget_bytes(self, size: int) -> None:
         self._pending -= size
 
-    def mark_waiting(self, *, now: bool = False) -> None:
-        """Something waits that should not wait for the next batch (a reset: if unbatched;
-        a turn's first text: ``now``)."""
-        if now or self._flush_s <= 0:
+    def mark_waiting(self) -> None:
+        """Something other than text waits (a reset): flush soon, if unbatched at once."""
+        if self._flush_s <= 0:
             self._soon.set()
+
+    def eager(self, writer: DeltaWriter) -> None:
+        """Write ``writer``'s text now, without the other turns' (which keep batching)."""
+        self._eager[writer] = None
+        self._soon.set()
 
     async def added(self, writer: DeltaWriter, size: int) -> None:
         self._pending += size
         self.max_pending_seen = max(self.max_pending_seen, self._pending)
         if self._flush_s <= 0 or writer.pending >= self._turn_bytes:
+            self._full = True
             self._soon.set()
         while self._pending > self._max_pending:  # Redis is behind: wait for a flush
             self._flushed.clear()
+            self._full = True
             self._soon.set()
             await self._flushed.wait()
         if self._flush_s <= 0:  # unbatched: the text is in Redis before write returns
@@ -196,25 +205,34 @@ class DeltaBatcher:
                 raise LockLost("session lock lost while streaming")
 
     async def run(self) -> None:
-        """Flush every ``flush_s`` (or as soon as asked) until cancelled."""
+        """Flush every ``flush_s`` (everyone, or sooner when asked), and the eager writers
+        in between, until cancelled."""
+        loop = asyncio.get_running_loop()
+        due = loop.time() + self._flush_s
         while True:
             stop_if_cancelled()
             if self._flush_s > 0:
-                await event_set_within(self._soon, self._flush_s)
+                await event_set_within(self._soon, max(due - loop.time(), 0.0))
             else:
                 await self._soon.wait()
             self._soon.clear()
+            everyone = self._full or self._flush_s <= 0 or loop.time() >= due
+            eager, self._eager, self._full = self._eager, {}, False
             try:
-                await self.flush()
+                await self.flush(None if everyone else list(eager))
             except Exception:
                 log.warning("writing token deltas failed; retrying next flush", exc_info=True)
                 await asyncio.sleep(min(max(self._flush_s, 0.05), 1.0))
+            if everyone:
+                due = loop.time() + self._flush_s
 
-    async def flush(self) -> None:
-        """Append every waiting delta in one pipelined round trip."""
+    async def flush(self, only: list[DeltaWriter] | None = None) -> None:
+        """Append every waiting delta (or ``only`` those writers') in one pipelined round
+        trip."""
         writers: list[DeltaWriter] = []
         packed: list[bytes] = []
-        for writer in list(self._writers):
+        chosen = list(self._writers) if only is None else [w for w in only if w in self._writers]
+        for writer in chosen:
             for call in writer.take():
                 writers.append(writer)
                 packed.append(call)

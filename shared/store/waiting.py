@@ -84,10 +84,11 @@ class Watcher:
         timer = loop.call_later(max(timeout_s, 0.0), _settle, waiter, False)
         self._waiter = waiter
         try:
-            return await waiter
+            await waiter
         finally:
             timer.cancel()
             self._waiter = None
+        return self._ready  # what arrived as the timer fired counts too
 
     def take(self) -> tuple[list[Event], bool]:
         """The events that arrived since the last call, and whether to re-read the state."""
@@ -362,7 +363,7 @@ async def follow_events(
             events, stale = watcher.take()
             if stale:
                 break  # something may be missing: read the stream again
-            if not woke:
+            if not woke and not events:
                 yield KEEPALIVE
                 continue
             for event in events:

@@ -51,14 +51,14 @@ async def test_a_batcher_whose_flush_swallows_its_cancel_still_stops(
     batcher = DeltaBatcher(store, flush_s=0.01)
     flushing = asyncio.Event()
 
-    async def swallowing_flush() -> None:
+    async def swallowing_flush(only: object = None) -> None:
         flushing.set()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.sleep(0.05)
 
     batcher.flush = swallowing_flush  # type: ignore[method-assign]
     task = asyncio.create_task(batcher.run())
-    await flushing.wait()
+    await asyncio.wait_for(flushing.wait(), 5)
     task.cancel()
     done, _ = await asyncio.wait((task,), timeout=2.0)
     assert done, "the batcher went on after it was cancelled"

@@ -49,16 +49,23 @@ def _run(code: str, settings: Settings) -> list[int]:
 def test_the_api_freezes_what_it_built_at_start_and_makes_full_collections_rare(
     make_settings: Callable[..., Settings],
 ) -> None:
-    before, after, full_after = _run(API, make_settings())
+    before, after, full_after = _run(API, make_settings(settle_heap=True))
     assert before == 0
     assert after > 10_000  # modules, the app, its schemas
     assert full_after == FULL_AFTER
 
 
+def test_a_process_embedding_chatlane_can_keep_its_own_collector_settings(
+    make_settings: Callable[..., Settings],
+) -> None:
+    _, after, full_after = _run(API, make_settings(settle_heap=False))
+    assert after == 0 and full_after == 10
+
+
 def test_a_worker_does_the_same_once_its_engine_runs(
     make_settings: Callable[..., Settings],
 ) -> None:
-    before, after, full_after = _run(WORKER, make_settings())
+    before, after, full_after = _run(WORKER, make_settings(settle_heap=True))
     assert before == 0
     assert after > 10_000
     assert full_after == FULL_AFTER

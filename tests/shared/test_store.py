@@ -466,3 +466,42 @@ async def test_a_turns_first_text_is_written_at_once_and_the_rest_in_batches(
         assert await writer.close() == "second"
     finally:
         flusher.cancel()
+
+
+async def test_a_turns_first_text_does_not_take_the_other_turns_batches_with_it(
+    store: SessionStore, client: redis.Redis, settings: Settings
+) -> None:
+    import asyncio
+
+    from shared.store import DeltaBatcher, Lease
+
+    batcher = DeltaBatcher(store, flush_s=5.0)
+    flusher = asyncio.create_task(batcher.run())
+    try:
+        writers = []
+        for name in ("s-early", "s-late"):
+            keys = SessionKeys(settings.key_prefix, "acme", name)
+            turn_id = await _accept(store, keys, "hi")
+            lease = Lease(store, keys)
+            assert await store.begin(keys, lease.token) is not None
+            writers.append((keys, batcher.writer(lease, turn_id, attempt=1)))
+        (early_keys, early), (late_keys, late) = writers
+
+        def texts(keys: SessionKeys) -> list[str]:
+            return [
+                json.loads(f["data"])["text"]
+                for _, f in client.xrange(keys.events)
+                if f["type"] == "delta"
+            ]
+
+        await early.write("first ")
+        await asyncio.sleep(0.2)
+        await early.write("batched")  # waits for the batch, 5 s away
+        await late.write("hello")  # its first text: written at once, on its own
+        await asyncio.sleep(0.3)
+        assert texts(late_keys) == ["hello"]
+        assert texts(early_keys) == ["first "]
+        assert await early.close() == "batched"
+        assert await late.close() == ""
+    finally:
+        flusher.cancel()

@@ -176,3 +176,21 @@ async def test_an_event_both_read_and_announced_is_yielded_once(
                 break
             seen.append(event.id)
     assert len(seen) == len(set(seen)) == 2  # queued, running: each once
+
+
+async def test_an_event_that_arrives_as_the_wait_runs_out_is_not_lost() -> None:
+    import time
+
+    from shared.store.waiting import Watcher
+
+    loop = asyncio.get_running_loop()
+    watcher = Watcher()
+    waiting = asyncio.create_task(watcher.wait(0.05))
+    await asyncio.sleep(0)  # it waits; its timer fires 50 ms from now
+    # The loop stalls past the timer (as under a long collection); when it runs again
+    # the timer fires first, then the event arrives, before the waiter resumes.
+    loop.call_later(0.01, time.sleep, 0.08)
+    loop.call_later(0.06, watcher.push, "1-1 turn_1 delta {}")
+    assert await waiting is True
+    events, stale = watcher.take()
+    assert [e.id for e in events] == ["1-1"] and not stale

@@ -254,7 +254,7 @@ async def test_a_sender_stops_when_cancelled_even_if_a_call_below_it_swallows_th
 
     rig.sender.once = swallowing_once  # type: ignore[method-assign]
     rig.sender.wake()
-    await sending.wait()
+    await asyncio.wait_for(sending.wait(), 5)
     rig.task.cancel()
     done, _ = await asyncio.wait((rig.task,), timeout=2.0)
     assert done, "the sender went on after it was cancelled"
