@@ -129,9 +129,7 @@ class EventHub:
     async def close(self) -> None:
         if self._reader is not None:
             self._reader.cancel()
-            with suppress(asyncio.CancelledError, TimeoutError):
-                async with asyncio.timeout(2):
-                    await self._reader
+            await asyncio.wait((self._reader,), timeout=2)  # a cancel of ours propagates
         for handle in self._linger.values():
             handle.cancel()
         await self._pubsub.aclose()

@@ -194,3 +194,24 @@ async def test_an_event_that_arrives_as_the_wait_runs_out_is_not_lost() -> None:
     assert await waiting is True
     events, stale = watcher.take()
     assert [e.id for e in events] == ["1-1"] and not stale
+
+
+async def test_closing_the_hub_never_swallows_a_cancel_of_the_closer(
+    make_hub: Callable[..., EventHub],
+) -> None:
+    hub = make_hub()
+
+    async def slow_to_stop() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            await asyncio.sleep(1)  # a reader that takes a while to wind down
+            raise
+
+    hub._reader = asyncio.create_task(slow_to_stop())
+    await asyncio.sleep(0)
+    closing = asyncio.create_task(hub.close())
+    await asyncio.sleep(0.05)
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
