@@ -21,7 +21,7 @@ from shared.addresses import Target, TargetRefused, resolve
 from shared.aio import event_set_within, stop_if_cancelled
 from shared.settings import Settings
 from shared.signing import signed_headers
-from shared.store.outbox import Delivery, Outbox
+from shared.store.outbox import Delivery, Outbox, live_values
 from shared.store.records import now_ms
 from worker.retry_after import retry_after_s
 
@@ -84,7 +84,7 @@ class WebhookSender:
         now = now_ms()
         if delivery.endpoint_id is None:
             secrets_ = await self._outbox.signing_secrets(delivery.tenant, create=True)
-            return [s.value for s in secrets_ if s.expires_at is None or s.expires_at > now]
+            return live_values(secrets_, now)
         endpoint = await self._outbox.endpoint(delivery.tenant, delivery.endpoint_id)
         if endpoint is None:
             return None

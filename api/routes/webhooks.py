@@ -14,7 +14,7 @@ from api.deps import AppState, State, resolve_tenant
 from api.problems import problem
 from shared.addresses import TargetRefused, parse, resolve
 from shared.signing import is_secret, new_secret
-from shared.store.outbox import EVENTS, Delivery, Endpoint, EventName, Secret
+from shared.store.outbox import EVENTS, Delivery, Endpoint, EventName, Secret, rotated
 from shared.store.records import now_ms
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
@@ -143,16 +143,9 @@ async def rotate_endpoint_secret(endpoint_id: EndpointId, state: State) -> Endpo
     endpoint = await state.outbox.endpoint(tenant, endpoint_id)
     if endpoint is None:
         return _no_endpoint(endpoint_id)
-    now, grace = now_ms(), state.settings.webhook_rotation_s * 1000
     secret = new_secret()
-    endpoint.secrets = [
-        Secret(value=secret),
-        *(
-            Secret(value=s.value, expires_at=s.expires_at or now + grace)
-            for s in endpoint.secrets
-            if s.expires_at is None or s.expires_at > now
-        ),
-    ]
+    grace_ms = state.settings.webhook_rotation_s * 1000
+    endpoint.secrets = rotated(endpoint.secrets, secret, now_ms(), grace_ms)
     await state.outbox.save_endpoint(tenant, endpoint)
     return EndpointOut.of(endpoint, secret)
 

@@ -35,6 +35,25 @@ class Secret(BaseModel):
     value: str
     expires_at: int | None = None  # ms; a rotated-out secret signs until then
 
+    def live(self, now: int) -> bool:
+        return self.expires_at is None or self.expires_at > now
+
+
+def live_values(secrets_: list[Secret], now: int) -> list[str]:
+    """The secrets that still sign, newest first."""
+    return [s.value for s in secrets_ if s.live(now)]
+
+
+def rotated(secrets_: list[Secret], new: str, now: int, grace_ms: int) -> list[Secret]:
+    """``new`` first, then the secrets that still sign, each signing ``grace_ms`` more at
+    the most (receivers switch over meanwhile); expired ones are dropped."""
+    kept = [
+        Secret(value=s.value, expires_at=s.expires_at or now + grace_ms)
+        for s in secrets_
+        if s.live(now)
+    ]
+    return [Secret(value=new), *kept]
+
 
 class Endpoint(BaseModel):
     """A URL that receives a tenant's webhook events."""
@@ -48,7 +67,7 @@ class Endpoint(BaseModel):
     secrets: list[Secret] = Field(default_factory=list)
 
     def live_secrets(self, now: int) -> list[str]:
-        return [s.value for s in self.secrets if s.expires_at is None or s.expires_at > now]
+        return live_values(self.secrets, now)
 
 
 class Delivery(BaseModel):
@@ -130,13 +149,7 @@ class Outbox:
         return [Secret.model_validate(s) for s in orjson.loads(raw)]
 
     async def rotate_signing_secret(self, tenant: str, grace_ms: int) -> list[Secret]:
-        now = now_ms()
-        kept = [
-            Secret(value=s.value, expires_at=s.expires_at or now + grace_ms)
-            for s in await self.signing_secrets(tenant)
-            if s.expires_at is None or s.expires_at > now
-        ]
-        secrets_ = [Secret(value=new_secret()), *kept]
+        secrets_ = rotated(await self.signing_secrets(tenant), new_secret(), now_ms(), grace_ms)
         await self._client.hset(self._keys.endpoints(tenant), SIGNING, _dump_secrets(secrets_))
         return secrets_
 
