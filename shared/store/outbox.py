@@ -184,8 +184,7 @@ class Outbox:
             if deliveries:
                 pipe = self._client.pipeline(transaction=False)
                 for delivery in deliveries:
-                    pipe.hset(self._keys.deliveries, delivery.id, delivery.model_dump_json())
-                    pipe.zadd(self._keys.deliveries_due, {delivery.id: now})
+                    self._schedule(pipe, delivery, now)
                 await pipe.execute()
         if messages:
             await self._client.ltrim(keys.outbox, len(messages), -1)
@@ -248,16 +247,23 @@ class Outbox:
             await self._client.zrem(self._keys.deliveries_due, *missing)
         return found
 
+    def _schedule(self, pipe: Any, delivery: Delivery, at_ms: int) -> None:
+        """Store ``delivery`` as it stands and make it due at ``at_ms``."""
+        pipe.hset(self._keys.deliveries, delivery.id, delivery.model_dump_json())
+        pipe.zadd(self._keys.deliveries_due, {delivery.id: at_ms})
+
+    def _unschedule(self, pipe: Any, delivery_id: str) -> None:
+        pipe.zrem(self._keys.deliveries_due, delivery_id)
+        pipe.hdel(self._keys.deliveries, delivery_id)
+
     async def delivered(self, delivery: Delivery) -> None:
         pipe = self._client.pipeline(transaction=False)
-        pipe.zrem(self._keys.deliveries_due, delivery.id)
-        pipe.hdel(self._keys.deliveries, delivery.id)
+        self._unschedule(pipe, delivery.id)
         await pipe.execute()
 
     async def retry_at(self, delivery: Delivery, at_ms: int) -> None:
         pipe = self._client.pipeline(transaction=False)
-        pipe.hset(self._keys.deliveries, delivery.id, delivery.model_dump_json())
-        pipe.zadd(self._keys.deliveries_due, {delivery.id: at_ms})
+        self._schedule(pipe, delivery, at_ms)
         await pipe.execute()
 
     async def bury(self, delivery: Delivery) -> None:
@@ -266,8 +272,7 @@ class Outbox:
         pipe = self._client.pipeline(transaction=False)
         pipe.hset(self._keys.dead_letters(delivery.tenant), delivery.id, delivery.model_dump_json())
         pipe.zadd(self._keys.dead_index(delivery.tenant), {delivery.id: delivery.dead_at})
-        pipe.zrem(self._keys.deliveries_due, delivery.id)
-        pipe.hdel(self._keys.deliveries, delivery.id)
+        self._unschedule(pipe, delivery.id)
         await pipe.execute()
 
     async def dead_letters(
@@ -290,8 +295,7 @@ class Outbox:
         delivery = Delivery.model_validate_json(raw)
         delivery.attempts, delivery.dead_at, delivery.last_error = 0, None, None
         pipe = self._client.pipeline(transaction=False)
-        pipe.hset(self._keys.deliveries, delivery.id, delivery.model_dump_json())
-        pipe.zadd(self._keys.deliveries_due, {delivery.id: now_ms()})
+        self._schedule(pipe, delivery, now_ms())
         pipe.hdel(self._keys.dead_letters(tenant), delivery_id)
         pipe.zrem(self._keys.dead_index(tenant), delivery_id)
         await pipe.execute()
