@@ -33,6 +33,7 @@ from shared.store.records import Event, Session, Turn, now_ms, queued_record
 from shared.store.scripts import Scripts
 
 Order = Literal["asc", "desc"]
+EVENTS_PAGE = 512  # events read from a session's stream at a time
 
 
 async def _integer_replies(connection: Any, count: int) -> list[int | ResponseError]:
@@ -322,10 +323,10 @@ class SessionStore:
 
     async def append_delta(self, keys: SessionKeys, token: str, turn_id: str, data: str) -> bool:
         """Append a delta event if ``token`` still holds the lock; False: nothing written."""
-        reply = await self.scripts.delta(
-            self.client, [keys.lock, keys.events], self._delta_args(keys, token, turn_id, data)
-        )
-        return bool(reply)
+        [appended] = await self.send_packed([self.delta_packer(keys, token, turn_id)(data)])
+        if isinstance(appended, Exception):
+            raise appended
+        return bool(appended)
 
     def delta_packer(
         self, keys: SessionKeys, token: str, turn_id: str, kind: str = "delta"
@@ -335,10 +336,6 @@ class SessionStore:
         is abandoned)."""
         fixed = {"token": token, "turn_id": turn_id, "type": kind, "channel": keys.channel}
         return self.scripts.delta.packer([keys.lock, keys.events], fixed, "data")
-
-    def _delta_args(self, keys: SessionKeys, token: str, turn_id: str, data: str) -> dict[str, Any]:
-        return {"token": token, "turn_id": turn_id, "type": "delta", "data": data,
-                **self._event_args(keys)}  # fmt: skip
 
     async def renew(self, leases: Sequence[tuple[SessionKeys, str]]) -> list[bool]:
         """Extend every ``(keys, token)`` lease in one pipelined round trip; False = lost."""
@@ -395,7 +392,7 @@ class SessionStore:
         return Page(turns, int(total), len(ids) > limit)
 
     async def events_after(
-        self, keys: SessionKeys, after: str, *, count: int = 512, inclusive: bool = False
+        self, keys: SessionKeys, after: str, *, count: int = EVENTS_PAGE, inclusive: bool = False
     ) -> list[Event]:
         """The session's events after entry ``after`` (``"0-0"``: from the first; from
         ``after`` itself when ``inclusive``), oldest first, at most ``count``."""

@@ -27,7 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from shared.errors import TooManyWaiters
 from shared.keys import SessionKeys
 from shared.store.records import Event, Turn, stream_position
-from shared.store.store import SessionStore
+from shared.store.store import EVENTS_PAGE, SessionStore
 
 log = logging.getLogger(__name__)
 
@@ -347,7 +347,7 @@ async def follow_events(
                     yield event
                     if ends(event):
                         return
-            if len(batch) < 512:
+            if len(batch) < EVENTS_PAGE:
                 break
         if turn is not None and first_pass:
             first_pass = False
