@@ -42,13 +42,16 @@ class Watcher:
     """What one waiting client sees of a session: its events in order, or a note that
     some may have been missed and the state must be read again."""
 
-    __slots__ = ("_payloads", "_ready", "_stale", "_waiter")
+    __slots__ = ("_payloads", "_stale", "_waiter")
 
     def __init__(self) -> None:
         self._payloads: deque[str] = deque()
         self._stale = False
-        self._ready = False
         self._waiter: asyncio.Future[bool] | None = None
+
+    @property
+    def _ready(self) -> bool:
+        return self._stale or bool(self._payloads)
 
     def push(self, payload: str) -> None:
         if len(self._payloads) >= MAX_QUEUED:  # a slow reader: it re-reads instead
@@ -65,10 +68,8 @@ class Watcher:
     def reset(self) -> None:
         self._payloads.clear()
         self._stale = False
-        self._ready = False
 
     def _wake(self) -> None:
-        self._ready = True
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(True)
 
@@ -304,9 +305,6 @@ async def wait_for_turn(
     return turn
 
 
-KEEPALIVE = None
-
-
 async def follow_events(
     store: SessionStore,
     watcher: Watcher,
@@ -362,7 +360,7 @@ async def follow_events(
             if stale:
                 break  # something may be missing: read the stream again
             if not woke and not events:
-                yield KEEPALIVE
+                yield None  # idle: time for a keep-alive
                 continue
             for event in events:
                 if event.position <= position:
