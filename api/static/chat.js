@@ -4,8 +4,13 @@
 //   GET    /v1/sessions/{id}/turns?order=desc  the recent turns: which ones are settled
 //   GET    /v1/sessions/{id}/messages          the history (a 404: no such session yet)
 //   GET    /v1/sessions/{id}/turns/{turn}      a turn seen on the stream but not sent here
-//   GET    /v1/sessions/{id}/events            one EventSource per open conversation
+//   GET    /v1/sessions/{id}/events            one event stream per open conversation
 //   DELETE /v1/sessions/{id}                   clear the conversation
+//
+// Every request goes through fetch, so each can carry the API key (`Authorization:
+// Bearer`), the event stream too (read by hand: EventSource cannot send headers). A 401
+// shows the key form; the key given is kept in sessionStorage (it leaves with the tab)
+// and every refused request is sent again with it.
 //
 // How a reload shows every message exactly once: the recent turns are read first, then
 // the history. Every turn that was already finished when the list was read (listed as
@@ -44,6 +49,11 @@
     form: $("message-form"),
     input: $("message-input"),
     send: $("send-button"),
+    keyForm: $("key-form"),
+    keyReason: $("key-reason"),
+    keyInput: $("key-input"),
+    keyStatus: $("key-status"),
+    forgetKey: $("forget-key"),
   };
 
   // One open conversation at a time; `gen` makes the answers of an earlier one stale.
@@ -58,9 +68,11 @@
       settledSeq: -1, // turns up to this seq had finished when the page loaded them
       settledIds: new Set(), // turns shown from the history or the turn list
       turns: new Map(), // turn id -> record (see turnRecord)
-      source: null,
-      lastEventId: null,
-      retryMs: 1000,
+      stream: null, // the AbortController of the event stream's connection
+      opened: false, // a connection was made once (later ones are reconnections)
+      lastEventId: "", // sent as Last-Event-ID: the stream resumes after it
+      reconnectMs: 1000, // after a dropped connection (the stream's `retry:` sets it)
+      retryMs: 1000, // after a refused or failed one: doubles up to 30 s
       retryTimer: null,
       pendingSends: 0,
       historyOrder: 0, // orders history turns whose seq is unknown (older than the list)
@@ -100,9 +112,23 @@
     }
   }
 
-  // fetch + JSON; any non-2xx becomes an ApiError from its problem document.
+  // A request whose answer is refused for want of a valid API key is sent again once a
+  // key has been given (see keyRefused): a 401 never reaches the caller.
   async function call(method, url, body) {
-    const init = { method, headers: { accept: "application/json" } };
+    for (;;) {
+      const sentKey = apiKey;
+      try {
+        return await request(method, url, body);
+      } catch (err) {
+        if (err.status !== 401) throw err;
+        await keyRefused(err.body, sentKey);
+      }
+    }
+  }
+
+  // fetch + JSON; any non-2xx becomes an ApiError from its problem document.
+  async function request(method, url, body) {
+    const init = { method, headers: withKey({ accept: "application/json" }) };
     if (body !== undefined) {
       init.headers["content-type"] = "application/json";
       init.body = JSON.stringify(body);
@@ -148,6 +174,99 @@
   function setConnection(state, text) {
     ui.connection.dataset.state = state;
     ui.connection.textContent = text;
+  }
+
+  // ---- the API key (sessionStorage: it leaves with the tab) ---------------------------
+
+  const KEY_STORE = "chatlane.apiKey";
+  let apiKey = readKey();
+  let keyWanted = null; // while the key form is shown: { promise, resolve }
+
+  function readKey() {
+    try {
+      return sessionStorage.getItem(KEY_STORE) || "";
+    } catch {
+      return "";
+    }
+  }
+
+  function storeKey(key) {
+    apiKey = key;
+    try {
+      if (key) sessionStorage.setItem(KEY_STORE, key);
+      else sessionStorage.removeItem(KEY_STORE);
+    } catch {
+      // storage disabled: the key lasts as long as the page
+    }
+    ui.keyStatus.hidden = !key;
+  }
+
+  // The request's headers, with the key when there is one.
+  function withKey(headers) {
+    if (apiKey) headers.authorization = `Bearer ${apiKey}`;
+    return headers;
+  }
+
+  // A request sent with `sentKey` was refused (401, its problem document `doc`): resolves
+  // when it may be sent again. At once if the key changed since it was sent; else once
+  // the key form is answered. Every request refused meanwhile waits for the same answer.
+  function keyRefused(doc, sentKey) {
+    if (apiKey !== sentKey) return Promise.resolve();
+    if (sentKey) storeKey(""); // refused: not worth keeping
+    const reason = (doc && (doc.detail || doc.title)) || "This server needs an API key.";
+    ui.keyReason.textContent = reason;
+    if (sentKey) ui.keyInput.setAttribute("aria-invalid", "true");
+    else ui.keyInput.removeAttribute("aria-invalid");
+    setConnection("error", "API key needed");
+    if (!keyWanted) {
+      let resolve;
+      const promise = new Promise((done) => {
+        resolve = done;
+      });
+      keyWanted = { promise, resolve };
+      ui.keyForm.hidden = false;
+      ui.keyInput.value = "";
+      ui.keyInput.focus();
+    }
+    return keyWanted.promise;
+  }
+
+  function submitKey(event) {
+    event.preventDefault();
+    const key = ui.keyInput.value.trim();
+    if (!key) {
+      ui.keyReason.textContent = "Enter an API key.";
+      ui.keyInput.setAttribute("aria-invalid", "true");
+      ui.keyInput.focus();
+      return;
+    }
+    ui.keyInput.value = "";
+    ui.keyInput.removeAttribute("aria-invalid");
+    storeKey(key);
+    ui.keyForm.hidden = true;
+    ui.input.focus();
+    const wanted = keyWanted;
+    keyWanted = null;
+    if (wanted) wanted.resolve();
+  }
+
+  // Forget the key: what was loaded with it goes too (the conversation is loaded again,
+  // which asks for a key when the server needs one).
+  function forgetKey() {
+    storeKey("");
+    if (conv) openSession(conv.id);
+    else checkAccess();
+  }
+
+  // Nothing to open: ask once whether this server needs a key, so that its form shows
+  // now rather than at the first message. (A 404 for a session: the caller is served.)
+  async function checkAccess() {
+    try {
+      await call("GET", api("chatlane.key-check"));
+    } catch {
+      // a 404 (served), or unreachable: the first real request says more
+    }
+    if (!conv) setConnection("idle", "Not connected");
   }
 
   // ---- known sessions (localStorage) -----------------------------------------------
@@ -497,53 +616,163 @@
 
   // ---- the event stream ------------------------------------------------------------
 
+  // The event stream format, as the HTML standard's server-sent events parse it: lines
+  // end in CRLF, LF or CR; a blank line dispatches the event; `data` lines are joined
+  // with "\n" (an event without any is not dispatched); a line starting with ":" is a
+  // comment; one space after a field's colon is dropped; `id` sets the id a reconnection
+  // resumes after (kept from event to event; one holding a NUL is ignored); `retry` sets
+  // the reconnection delay; other fields are ignored; an event cut off by the end of the
+  // stream is dropped. (A leading BOM is dropped by the TextDecoder.)
+  class EventStreamParser {
+    constructor(lastEventId, dispatch) {
+      this.dispatch = dispatch; // called with { type, data, lastEventId }
+      this.lastEventId = lastEventId;
+      this.idBuffer = lastEventId;
+      this.retry = null;
+      this.type = "";
+      this.data = [];
+      this.rest = ""; // the start of a line still unfinished
+      this.afterCR = false; // the text so far ended in CR: a LF next belongs to it
+    }
+
+    feed(text) {
+      if (this.afterCR && text.startsWith("\n")) text = text.slice(1);
+      if (!text) return;
+      this.afterCR = text.endsWith("\r");
+      const lines = (this.rest + text).split(/\r\n|\r|\n/);
+      this.rest = lines.pop();
+      for (const line of lines) this.line(line);
+    }
+
+    line(line) {
+      if (line === "") {
+        this.end();
+        return;
+      }
+      if (line.startsWith(":")) return;
+      const colon = line.indexOf(":");
+      const field = colon < 0 ? line : line.slice(0, colon);
+      let value = colon < 0 ? "" : line.slice(colon + 1);
+      if (value.startsWith(" ")) value = value.slice(1);
+      if (field === "event") this.type = value;
+      else if (field === "data") this.data.push(value);
+      else if (field === "id" && !value.includes("\0")) this.idBuffer = value;
+      else if (field === "retry" && /^[0-9]+$/.test(value)) this.retry = Number(value);
+    }
+
+    end() {
+      this.lastEventId = this.idBuffer;
+      const event = { type: this.type || "message", data: this.data.join("\n") };
+      const any = this.data.length > 0;
+      this.type = "";
+      this.data = [];
+      if (any) this.dispatch({ ...event, lastEventId: this.lastEventId });
+    }
+  }
+
+  const STREAM_EVENTS = new Set(["status", "delta", "reset", "completed", "failed", "cancelled"]);
+
+  // Follow the conversation's events: one connection at a time, resumed from the last
+  // event seen after a drop (in `reconnectMs`), after a refusal or a failure to connect
+  // (backing off, up to 30 s), or at once when a key was asked for and given.
   function openStream(mine) {
-    if (mine !== conv || mine.source) return;
+    if (mine !== conv || mine.stream) return;
     clearTimeout(mine.retryTimer);
-    let url = api(mine.id, "/events");
-    if (mine.lastEventId) url += `?last_event_id=${encodeURIComponent(mine.lastEventId)}`;
-    const source = new EventSource(url);
-    mine.source = source;
-    setConnection("connecting", "Connecting…");
-    source.addEventListener("open", () => {
-      if (mine !== conv) return;
-      mine.retryMs = 1000;
-      setConnection("live", "Live");
-    });
-    source.addEventListener("error", () => {
-      if (mine !== conv || mine.source !== source) return;
-      if (source.readyState === EventSource.CLOSED) {
-        // Refused (not a 200): the browser gives up, so retry by hand from the last id.
-        source.close();
-        mine.source = null;
+    const stream = new AbortController();
+    mine.stream = stream;
+    setConnection("connecting", mine.opened ? "Reconnecting…" : "Connecting…");
+    follow(mine, stream).then((ended) => {
+      if (mine !== conv || mine.stream !== stream) return; // closed meanwhile
+      mine.stream = null;
+      if (ended === "keyed") {
+        openStream(mine);
+      } else if (ended === "dropped") {
+        setConnection("connecting", "Reconnecting…");
+        mine.retryTimer = setTimeout(() => openStream(mine), mine.reconnectMs);
+      } else {
         setConnection("error", "Disconnected: retrying…");
         mine.retryTimer = setTimeout(() => openStream(mine), mine.retryMs);
         mine.retryMs = Math.min(mine.retryMs * 2, 30000);
-      } else {
-        setConnection("connecting", "Reconnecting…"); // the browser resumes by itself
       }
     });
-    for (const name of ["status", "delta", "reset", "completed", "failed", "cancelled"]) {
-      source.addEventListener(name, (event) => {
-        if (mine !== conv) return;
-        if (event.lastEventId) mine.lastEventId = event.lastEventId;
-        if (ui.connection.dataset.state !== "live") setConnection("live", "Live");
-        let data;
-        try {
-          data = JSON.parse(event.data);
-        } catch {
-          return;
-        }
-        onEvent(mine, name, data);
+  }
+
+  // One connection, read to its end: "dropped" (it was open), "failed" (it never was),
+  // or "keyed" (refused for its key, and a key has been given since).
+  async function follow(mine, stream) {
+    const current = () => mine === conv && mine.stream === stream;
+    const sentKey = apiKey;
+    const headers = withKey({ accept: "text/event-stream" });
+    if (mine.lastEventId) headers["last-event-id"] = mine.lastEventId;
+    let response;
+    try {
+      response = await fetch(api(mine.id, "/events"), {
+        headers,
+        cache: "no-store",
+        signal: stream.signal,
       });
+    } catch {
+      return "failed";
     }
+    if (response.status === 401) {
+      const doc = await response.json().catch(() => null);
+      if (!current()) return "failed";
+      await keyRefused(doc, sentKey);
+      return "keyed";
+    }
+    const type = response.headers.get("content-type") || "";
+    if (!response.ok || !type.startsWith("text/event-stream")) {
+      response.body?.cancel().catch(() => {});
+      return "failed";
+    }
+    if (!current()) return "failed";
+    mine.opened = true;
+    mine.retryMs = 1000;
+    setConnection("live", "Live");
+    const parser = new EventStreamParser(mine.lastEventId, (event) => {
+      if (!current()) return;
+      mine.lastEventId = event.lastEventId;
+      if (!STREAM_EVENTS.has(event.type)) return;
+      if (ui.connection.dataset.state !== "live") setConnection("live", "Live");
+      let data;
+      try {
+        data = JSON.parse(event.data);
+      } catch {
+        return;
+      }
+      try {
+        onEvent(mine, event.type, data);
+      } catch (err) {
+        reportError(err); // as an EventSource listener's would be; the stream goes on
+      }
+    });
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    for (;;) {
+      let chunk;
+      try {
+        chunk = await reader.read();
+      } catch {
+        break; // cut off (or closed here): as a drop
+      }
+      if (chunk.done) {
+        parser.feed(decoder.decode());
+        break;
+      }
+      parser.feed(decoder.decode(chunk.value, { stream: true }));
+    }
+    if (current()) {
+      mine.lastEventId = parser.lastEventId;
+      if (parser.retry !== null) mine.reconnectMs = parser.retry;
+    }
+    return "dropped";
   }
 
   function closeStream() {
     if (!conv) return;
     clearTimeout(conv.retryTimer);
-    if (conv.source) conv.source.close();
-    conv.source = null;
+    if (conv.stream) conv.stream.abort();
+    conv.stream = null;
     setConnection("idle", "Not connected");
   }
 
@@ -729,6 +958,8 @@
   });
   ui.clear.addEventListener("click", clearConversation);
   ui.errorDismiss.addEventListener("click", hideError);
+  ui.keyForm.addEventListener("submit", submitKey);
+  ui.forgetKey.addEventListener("click", forgetKey);
   function hashId() {
     try {
       return decodeURIComponent(location.hash.slice(1)).trim();
@@ -748,11 +979,12 @@
 
   renderKnown();
   updateSend();
+  ui.keyStatus.hidden = !apiKey;
   const fromHash = hashId();
   if (fromHash) openSession(fromHash);
   else {
     const last = loadKnown()[0];
     if (last) openSession(last.id);
-    else setConnection("idle", "Not connected");
+    else checkAccess();
   }
 })();

@@ -1,61 +1,32 @@
 """The chat page at ``/`` in a real headless Chromium, against a real API and worker: a
-reply grows token by token, a reload shows every message once, errors are shown."""
+reply grows token by token, a reload shows every message once, errors are shown. No API
+key exists here: the page is served as the anonymous tenant (a loopback client)."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Page
 
+from tests.browser.conftest import (
+    REPLY,
+    SHOWN,
+    assert_grew_token_by_token,
+    new_conversation,
+    say,
+    wait_for_turn,
+    wait_until_live,
+    watch_reply,
+)
 from tests.conftest import isolated_settings
 from tests.support.cluster import Cluster
-from tests.support.streaming_server import StreamingModelServer, reply_words
+from tests.support.streaming_server import StreamingModelServer
 
 pytestmark = pytest.mark.timeout(60)
 
-TOKENS = 30
-REPLY = " ".join(reply_words(TOKENS))
 MAX_CHARS = 200
-LAUNCH_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-# Every shown message, in order, as (role, text).
-SHOWN = """() => Array.from(document.querySelectorAll('#messages [data-testid="message"]'))
-  .filter((m) => !m.hidden && !m.closest('[hidden]'))
-  .map((m) => [m.dataset.role, m.querySelector('[data-testid="message-text"]').textContent])"""
-
-
-def chromium_path() -> str | None:
-    for candidate in (os.environ.get("CHATLANE_CHROMIUM"), "/usr/bin/chromium"):
-        if candidate and Path(candidate).is_file():
-            return candidate
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    path = chromium_path()
-    if path is None:
-        pytest.skip("no Chromium installed (apt-get install chromium; or set CHATLANE_CHROMIUM)")
-    return path
-
-
-@pytest.fixture(scope="module")
-def stub() -> Iterator[StreamingModelServer]:
-    with StreamingModelServer(tokens=TOKENS, interval_s=0.05) as server:  # 1.5 s a reply
-        yield server
 
 
 @pytest.fixture(scope="module")
@@ -77,85 +48,14 @@ def cluster(
             yield running
 
 
-@pytest.fixture(scope="module")
-def browser(chromium: str) -> Iterator[Browser]:
-    with sync_playwright() as pw:
-        launched = pw.chromium.launch(executable_path=chromium, headless=True, args=LAUNCH_ARGS)
-        yield launched
-        launched.close()
-
-
-@pytest.fixture
-def page(browser: Browser, cluster: Cluster) -> Iterator[Page]:
-    context = browser.new_context(base_url=cluster.base_url)
-    opened = context.new_page()
-    opened.set_default_timeout(15_000)
-    crashes: list[str] = []
-    opened.on("pageerror", lambda exc: crashes.append(str(exc)))
-    yield opened
-    context.close()
-    assert crashes == [], f"the page threw: {crashes}"
-
-
-def new_conversation(page: Page) -> str:
-    page.goto("/")
-    page.get_by_test_id("new-session").click()
-    session = page.get_by_test_id("current-session").inner_text()
-    assert session.startswith("chat-")
-    assert page.evaluate("location.hash") == f"#{session}"
-    return session
-
-
-def say(page: Page, text: str, *, refused: bool = False) -> None:
-    box = page.get_by_test_id("message-input")
-    box.fill(text)
-    assert page.get_by_test_id("send-button").is_enabled()
-    box.press("Enter")  # the form submits on Enter
-    if not refused:
-        assert box.input_value() == ""
-        assert page.get_by_test_id("send-button").is_disabled()
-
-
-def wait_for_turn(page: Page, n: int, status: str = "completed") -> None:
-    """Wait until the page shows at least ``n`` turns and the ``n``th has ``status``."""
-    page.wait_for_function(
-        """([n, status]) => {
-             const turns = document.querySelectorAll('#messages [data-testid="turn"]');
-             return turns.length >= n && turns[n - 1].dataset.status === status;
-           }""",
-        arg=[n, status],
-    )
-
-
-def watch_reply(page: Page, n: int, deadline_s: float = 20.0) -> list[str]:
-    """The ``n``th turn's reply text as it changed, polled until the turn completed."""
-    turn = page.locator('#messages [data-testid="turn"]').nth(n - 1)
-    reply = turn.locator('[data-role="assistant"] [data-testid="message-text"]')
-    seen: list[str] = []
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if turn.count() and turn.get_attribute("data-status") == "completed":
-            break
-        text = reply.text_content() if turn.count() else None
-        if text and (not seen or seen[-1] != text):
-            seen.append(text)
-        time.sleep(0.02)
-    else:
-        pytest.fail(f"turn {n} did not complete; its reply went {seen}")
-    return seen
-
-
 def test_a_reply_streams_in_and_a_reload_shows_every_message_once(page: Page) -> None:
     session = new_conversation(page)
     assert page.get_by_test_id("send-button").is_disabled()  # nothing to send yet
 
     say(page, "hello there")
-    partial = watch_reply(page, 1)
-    growing = [text for text in partial if REPLY.startswith(text) and text != REPLY]
-    assert len(growing) >= 3, f"the reply did not grow token by token: {partial}"
-    assert growing == sorted(growing, key=len)  # only ever growing
+    assert_grew_token_by_token(watch_reply(page, 1))
     assert page.evaluate(SHOWN) == [["user", "hello there"], ["assistant", REPLY]]
-    page.get_by_test_id("connection").and_(page.locator('[data-state="live"]')).wait_for()
+    wait_until_live(page)
 
     say(page, "and again")
     wait_for_turn(page, 2)
@@ -183,7 +83,7 @@ def test_a_reply_streams_in_and_a_reload_shows_every_message_once(page: Page) ->
 
     page.reload()
     assert page.get_by_test_id("current-session").inner_text() == session
-    page.get_by_test_id("connection").and_(page.locator('[data-state="live"]')).wait_for()
+    wait_until_live(page)
     wait_for_turn(page, 2)
     time.sleep(1.0)  # the stream replays the session's events: none may add a message
     assert page.evaluate(SHOWN) == expected
@@ -195,7 +95,7 @@ def test_a_reply_streams_in_and_a_reload_shows_every_message_once(page: Page) ->
     # The same conversation in another tab: opened from the address alone.
     other = page.context.new_page()
     other.goto(f"/#{session}")
-    other.get_by_test_id("connection").and_(other.locator('[data-state="live"]')).wait_for()
+    wait_until_live(other)
     wait_for_turn(other, 2)
     assert other.evaluate(SHOWN) == expected
     other.close()
@@ -244,7 +144,7 @@ def test_errors_are_shown_and_the_page_goes_on(page: Page, stub: StreamingModelS
     )
 
     page.reload()
-    page.get_by_test_id("connection").and_(page.locator('[data-state="live"]')).wait_for()
+    wait_until_live(page)
     wait_for_turn(page, 2)
     time.sleep(1.0)
     shown = page.evaluate(SHOWN)
@@ -257,6 +157,6 @@ def test_errors_are_shown_and_the_page_goes_on(page: Page, stub: StreamingModelS
     page.get_by_test_id("notice").wait_for()
     assert page.evaluate(SHOWN) == []
     page.reload()
-    page.get_by_test_id("connection").and_(page.locator('[data-state="live"]')).wait_for()
+    wait_until_live(page)
     time.sleep(1.0)
     assert page.evaluate(SHOWN) == []
