@@ -1,12 +1,14 @@
-"""Request bodies and list pages of the HTTP API (the turn and session shapes are the
-store's own records: ``shared.store.records``)."""
+"""Request bodies, list pages and the problem document of the HTTP API (the turn and
+session shapes are the store's own records: ``shared.store.records``)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 
+from api.problems import MAX_DETAIL, MAX_LISTED_ERRORS, MAX_LOC_PARTS, MAX_TEXT
 from shared.store import Turn
 
 
@@ -49,4 +51,77 @@ class TurnsPage(BaseModel):
     has_more: bool
     next_after: int | None = Field(
         description="Pass as `after` to get the next page (a sequence number); null at the end."
+    )
+
+
+class FieldError(BaseModel):
+    """One reason a request failed validation; it never echoes the input."""
+
+    loc: list[str | int] = Field(
+        max_length=MAX_LOC_PARTS,
+        description="Where: `body`, `query`, `path` or `header`, then the field's path.",
+    )
+    msg: str = Field(max_length=MAX_TEXT)
+    type: str = Field(
+        max_length=MAX_TEXT,
+        description="A machine-readable reason, e.g. `missing`, `string_too_short`.",
+    )
+
+
+def _optional(schema: dict[str, Any]) -> None:
+    """An optional member is left out, never null: no ``default: null`` in the schema."""
+    schema.pop("default", None)
+
+
+class Problem(BaseModel):
+    """Every error answer: an RFC 9457 problem, sent as ``application/problem+json``.
+
+    Members other than these are extensions that belong to the problem's ``type``.
+    Optional members are left out when they do not apply.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(
+        description=(
+            "`urn:chatlane:problem:<kind>` (an identifier, not a page), or `about:blank` "
+            "when the HTTP status says it all."
+        ),
+        examples=["urn:chatlane:problem:session-not-found"],
+    )
+    title: str = Field(description="A short summary of the problem type.")
+    status: int = Field(ge=400, le=599, description="The HTTP status of this answer.")
+    detail: Annotated[str, Field(max_length=MAX_DETAIL)] | SkipJsonSchema[None] = Field(
+        default=None,
+        description="What went wrong with this request.",
+        json_schema_extra=_optional,
+    )
+    errors: (
+        Annotated[list[FieldError], Field(max_length=MAX_LISTED_ERRORS)] | SkipJsonSchema[None]
+    ) = Field(
+        default=None,
+        description=(
+            f"`invalid-request` and `malformed-json`: the first {MAX_LISTED_ERRORS} field errors."
+        ),
+        json_schema_extra=_optional,
+    )
+    errors_truncated: bool | SkipJsonSchema[None] = Field(
+        default=None,
+        description="Set when more field errors were found than are listed.",
+        json_schema_extra=_optional,
+    )
+    error_count: Annotated[int, Field(ge=0)] | SkipJsonSchema[None] = Field(
+        default=None,
+        description="With `errors_truncated`: how many field errors were found.",
+        json_schema_extra=_optional,
+    )
+    turn_id: str | SkipJsonSchema[None] = Field(
+        default=None,
+        description="`idempotency-key-reused`: the turn the key was first used for.",
+        json_schema_extra=_optional,
+    )
+    checks: dict[str, str] | SkipJsonSchema[None] = Field(
+        default=None,
+        description="`not-ready`: each dependency's state.",
+        json_schema_extra=_optional,
     )
