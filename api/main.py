@@ -9,9 +9,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import problems
+from api import cors, problems
 from api.deps import AppState
-from api.limits import BodyLimit
+from api.guards import RequestGuards
 from api.metrics import ApiMetrics, MetricsMiddleware
 from api.routes import events, health, page, sessions, turns, webhooks
 from shared import heap
@@ -84,10 +84,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1",
         summary="Queue-based chat turns: isolated, exactly once, in order per session.",
         lifespan=lifespan,
+        redirect_slashes=False,  # a redirect would be built from the client's Host header
     )
     app.state.metrics = metrics
     problems.install(app)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    # Outermost last: metrics see every answer, CORS headers go on refusals too.
+    app.add_middleware(
+        RequestGuards,
+        max_bytes=settings.max_body_bytes,
+        body_timeout_s=settings.http_body_timeout_s,
+    )
+    allowed_origins = cors.origins(settings.cors_origins)
+    if allowed_origins:
+        app.add_middleware(cors.ProblemCORS, allow_origins=allowed_origins)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.include_router(turns.router)
     app.include_router(sessions.router)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from http import HTTPStatus
 from typing import Any
 
 import redis.exceptions
@@ -11,6 +12,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.routing import Match
 
 from shared.errors import (
     IdempotencyConflict,
@@ -27,6 +30,39 @@ PROBLEM_JSON = "application/problem+json"
 PROBLEM_TYPE_BASE = "urn:chatlane:problem:"
 
 
+# An error never costs more than the request that caused it: at most this many field
+# errors are listed, each with a short location and message and never the input itself.
+MAX_LISTED_ERRORS = 20
+MAX_LOC_PARTS = 8
+MAX_LOC_TEXT = 64
+MAX_TEXT = 200
+MAX_DETAIL = 1000
+# nginx's code for a client that closed the connection before it was answered: nobody
+# receives it, but /metrics counts it apart from the server's own errors.
+CLIENT_CLOSED = 499
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def document(
+    status: int,
+    title: str,
+    detail: str | None = None,
+    *,
+    kind: str | None = None,
+    **extensions: Any,
+) -> dict[str, Any]:
+    """The problem's JSON document; a ``detail`` past ``MAX_DETAIL`` characters is cut."""
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + kind if kind else "about:blank",
+        "title": title,
+        "status": status,
+    }
+    if detail:
+        body["detail"] = _cut(detail, MAX_DETAIL)
+    body.update(extensions)
+    return body
+
+
 def problem(
     status: int,
     title: str,
@@ -36,44 +72,113 @@ def problem(
     headers: Mapping[str, str] | None = None,
     **extensions: Any,
 ) -> JSONResponse:
-    body: dict[str, Any] = {
-        "type": PROBLEM_TYPE_BASE + kind if kind else "about:blank",
-        "title": title,
-        "status": status,
-    }
-    if detail:
-        body["detail"] = detail
-    body.update(extensions)
+    body = document(status, title, detail, kind=kind, **extensions)
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+class Refusal(Exception):
+    """A request refused before any route ran (raised by the guards, answered by them)."""
+
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str,
+        *,
+        kind: str,
+        headers: Mapping[str, str] | None = None,
+        **extensions: Any,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.kind = kind
+        self.headers = dict(headers or {})
+        self.extensions = extensions
+
+    def response(self) -> JSONResponse:
+        return problem(
+            self.status,
+            self.title,
+            self.detail,
+            kind=self.kind,
+            headers=self.headers,
+            **self.extensions,
+        )
+
+
+def listed_errors(errors: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The ``errors`` extension: the first ``MAX_LISTED_ERRORS`` errors as location,
+    message and type only (pydantic's ``input`` and ``ctx`` can echo the whole body), and
+    how many there were when that is more."""
+    listed = [
+        {
+            "loc": [_short(part) for part in e.get("loc", ())][:MAX_LOC_PARTS],
+            "msg": _cut(str(e.get("msg", "")), MAX_TEXT),
+            "type": _cut(str(e.get("type", "")), MAX_TEXT),
+        }
+        for e in errors[:MAX_LISTED_ERRORS]
+    ]
+    extension: dict[str, Any] = {"errors": listed}
+    if len(errors) > MAX_LISTED_ERRORS:
+        extension |= {"errors_truncated": True, "error_count": len(errors)}
+    return extension
+
+
+def _short(part: object) -> object:
+    return _cut(part, MAX_LOC_TEXT) if isinstance(part, str) else part
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = [
-        {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
-        for e in exc.errors()
-    ]
-    if any(e["type"] == "json_invalid" for e in errors):
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
         return problem(
             400,
             "Malformed JSON",
             "The request body is not valid JSON.",
             kind="malformed-json",
-            errors=errors,
+            **listed_errors(errors),
         )
     return problem(
         422,
         "Invalid request",
         "The request did not pass validation.",
         kind="invalid-request",
-        errors=errors,
+        **listed_errors(errors),
     )
 
 
 def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     detail = exc.detail if isinstance(exc.detail, str) else None
-    return problem(exc.status_code, _reason(exc.status_code), detail, headers=exc.headers)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = _allowed_methods(request)
+    return problem(exc.status_code, _reason(exc.status_code), detail, headers=headers or None)
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path (the router's own ``Allow`` names only
+    the methods of the first route whose path matched)."""
+    routes = request.app.router.routes
+    return ", ".join(
+        method
+        for method in METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    )
+
+
+def _client_closed(request: Request, exc: Exception) -> JSONResponse:
+    """The client hung up before it was answered: not a server error, nothing to log."""
+    return problem(CLIENT_CLOSED, "Client closed request", kind="client-closed")
 
 
 def _turn_not_found(request: Request, exc: Exception) -> JSONResponse:
@@ -124,13 +229,12 @@ def _unavailable(request: Request, exc: Exception) -> JSONResponse:
 
 
 def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    # Given explicitly: a plain function handler runs in a thread that has no exception.
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return problem(500, "Internal error", "The request failed unexpectedly.", kind="internal")
 
 
 def _reason(status: int) -> str:
-    from http import HTTPStatus
-
     try:
         return HTTPStatus(status).phrase
     except ValueError:
@@ -140,6 +244,7 @@ def _reason(status: int) -> str:
 def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(ClientDisconnect, _client_closed)
     app.add_exception_handler(TurnNotFound, _turn_not_found)
     app.add_exception_handler(SessionNotFound, _session_not_found)
     app.add_exception_handler(TooManyWaiters, _too_many_waiters)

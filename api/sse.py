@@ -21,7 +21,7 @@ from shared.keys import SessionKeys
 from shared.store import Event, EventHub, SessionStore, Turn
 from shared.store.waiting import follow_events
 
-EVENT_ID_PATTERN = r"^\d{1,20}-\d{1,20}$"
+EVENT_ID_PATTERN = r"^\d{1,19}-\d{1,19}$"  # below 2**64: a Redis stream id, never past its last
 _EVENT_ID = re.compile(EVENT_ID_PATTERN)
 KEEPALIVE = b": keep-alive\n\n"
 RETRY_MS = 1000

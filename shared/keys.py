@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-SESSION_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+SESSION_ID_PATTERN = r"^[A-Za-z0-9._:-]{0,127}[A-Za-z0-9_:-]$"  # never ends in a dot: no "."/".."
 TENANT_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 TURN_ID_PATTERN = r"^turn_[0-9a-f]{24}$"
 _SESSION_ID = re.compile(SESSION_ID_PATTERN)

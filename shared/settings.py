@@ -70,6 +70,19 @@ class Settings(BaseSettings):
     webhook_rotation_s: int = Field(default=24 * 3600, ge=0)
     queue: str = "chatlane"
 
+    # HTTP hardening (api/guards.py, api/http11.py; docs/http-hardening.md). The head
+    # (request line and headers) must arrive within http_head_timeout_s and weigh at most
+    # http_max_head_bytes; a body must arrive within http_body_timeout_s; an idle
+    # keep-alive connection is closed after http_idle_timeout_s; a process holds at most
+    # http_max_connections connections (SSE streams and long polls included).
+    http_head_timeout_s: float = Field(default=10.0, gt=0)
+    http_body_timeout_s: float = Field(default=30.0, gt=0)
+    http_idle_timeout_s: int = Field(default=5, ge=1)
+    http_max_head_bytes: int = Field(default=64 * 1024, ge=4096)
+    http_max_connections: int = Field(default=32_768, ge=1)
+    # Origins allowed to call the API from a browser, comma-separated; none by default.
+    cors_origins: str = ""
+
     @model_validator(mode="after")
     def _deadline_covers_a_model_call(self) -> Settings:
         if self.turn_deadline_s < self.model_timeout_s:
