@@ -9,4 +9,4 @@ COPY cli ./cli
 RUN pip install --no-cache-dir . && useradd --create-home chatlane
 USER chatlane
 EXPOSE 8000
-CMD ["uvicorn", "api.main:app", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["python", "-m", "api.server", "--host", "0.0.0.0", "--port", "8000"]

@@ -14,8 +14,9 @@ from typing import IO
 
 
 def api_command(host: str, port: int, *extra: str) -> list[str]:
-    """``uvicorn api.main:app`` under this interpreter."""
-    return [sys.executable, "-m", "uvicorn", "api.main:app", "--host", host, "--port", str(port),
+    """``python -m api.server`` (uvicorn with the HTTP limits of ``api.http11``) under this
+    interpreter; ``extra``: ``--workers N``, ``--log-level LEVEL``."""
+    return [sys.executable, "-m", "api.server", "--host", host, "--port", str(port),
             "--no-access-log", *extra]  # fmt: skip
 
 

@@ -28,7 +28,7 @@ def test_api_and_worker_wait_for_a_healthy_redis_and_run_the_real_entry_points()
     for name in ("api", "worker"):
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
         assert services[name]["environment"]["CHATLANE_REDIS_URL"] == "redis://redis:6379/0"
-    assert services["api"]["command"][:2] == ["uvicorn", "api.main:app"]
+    assert services["api"]["command"][:3] == ["python", "-m", "api.server"]
     assert services["worker"]["command"][:4] == ["celery", "-A", "worker.app", "worker"]
 
 
