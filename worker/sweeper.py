@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from shared.aio import stop_if_cancelled
 from shared.store import SessionStore, Sweep
 from shared.wakeup import WakeUps
 
@@ -26,6 +27,7 @@ async def run_sweeper(
     interval = store.settings.sweep_interval_s
     sweep = Sweep(store)
     while True:
+        stop_if_cancelled()  # a stop that Redis's client swallowed mid-sweep (shared/aio.py)
         await asyncio.sleep(interval)
         try:
             # Held for most of an interval: other workers' sweepers skip this beat.
