@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from shared.redis import answers
 
@@ -49,6 +50,19 @@ def port_is_free(port: int) -> bool:
         except OSError:
             return False
         return True
+
+
+def cannot_stand_in(url: str) -> str | None:
+    """Why a managed server must not stand in for the one ``url`` names (None when it
+    may): a server reached over TLS or with a password was set up that way on purpose, and
+    a plain one in its place would drop that protection quietly (or, for TLS, never
+    answer)."""
+    parts = urlsplit(url)
+    if parts.scheme == "rediss":
+        return "it asks for TLS (rediss://)"
+    if parts.username or parts.password:
+        return "it has a user name or password"
+    return None
 
 
 class ManagedRedis:

@@ -23,8 +23,8 @@ from worker.engine import Engine
 
 def create_celery(settings: Settings) -> Celery:
     """A Celery app with the ``chatlane.wake_up`` task, bound to its own engine."""
-    app = Celery("chatlane", broker=settings.effective_broker_url, set_as_current=False)
-    app.conf.update(celery_config(settings))
+    app = Celery("chatlane", set_as_current=False)
+    app.conf.update(celery_config(settings))  # the broker too
     engine = Engine(settings)
     app.conf.chatlane_engine = engine
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from shared.redis import celery_ssl, celery_url
 from shared.settings import Settings
 
 # INFO lines logged per task ("received", "succeeded") and per model request (httpx): at
@@ -19,8 +20,20 @@ HANDOFF_THREADS = 4
 
 
 def celery_config(settings: Settings, *, concurrency: int = HANDOFF_THREADS) -> dict[str, Any]:
-    """Reliability settings are belt and braces; correctness never relies on them."""
+    """Reliability settings are belt and braces; correctness never relies on them.
+
+    The broker comes with its TLS options read from a ``rediss://`` URL (``celery_ssl``),
+    and so does a result backend on the data Redis, should an app sharing this have one.
+    """
+    broker = settings.effective_broker_url
+    tls: dict[str, Any] = {}
+    if (broker_ssl := celery_ssl(broker)) is not None:
+        tls["broker_use_ssl"] = broker_ssl
+    if (backend_ssl := celery_ssl(settings.redis_url)) is not None:
+        tls["redis_backend_use_ssl"] = backend_ssl
     return {
+        "broker_url": celery_url(broker),
+        **tls,
         "task_default_queue": settings.queue,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
