@@ -8,8 +8,11 @@ from typing import Annotated
 from fastapi import Depends, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 
+from api.auth import authenticate
 from api.metrics import ApiMetrics
-from shared.keys import SESSION_ID_PATTERN, TURN_ID_PATTERN, SessionKeys
+from shared.apikeys import KeyRing
+from shared.keys import SESSION_ID_MAX, SESSION_ID_PATTERN, TURN_ID_PATTERN, SessionKeys
+from shared.quotas import Quotas
 from shared.settings import Settings
 from shared.store import EventHub, SessionStore
 from shared.store.outbox import Outbox
@@ -26,6 +29,8 @@ class AppState:
     wake_ups: WakeUps
     metrics: ApiMetrics
     outbox: Outbox
+    keyring: KeyRing
+    quotas: Quotas
     eviction_checked: bool = False
 
 
@@ -40,7 +45,9 @@ SessionId = Annotated[
     str,
     Path(
         pattern=SESSION_ID_PATTERN,
-        description="1–128 characters of A-Za-z0-9._:-",
+        min_length=1,
+        max_length=SESSION_ID_MAX,
+        description="1–128 characters of A-Za-z0-9._:-, not only dots",
         examples=["user-42"],
     ),
 ]
@@ -76,10 +83,14 @@ async def wait_seconds(
 Wait = Annotated[float, Depends(wait_seconds)]
 
 
-def resolve_tenant(state: AppState) -> str:
-    """The tenant a request acts for. One tenant until API keys map to tenants."""
-    return state.settings.default_tenant
+Tenant = Annotated[str, Depends(authenticate)]
+"""The tenant the request acts for (``api.auth``): from its API key alone."""
 
 
-def session_keys(state: AppState, session_id: str) -> SessionKeys:
-    return state.store.keys(resolve_tenant(state), session_id)
+async def session_keys(state: State, tenant: Tenant, session_id: SessionId) -> SessionKeys:
+    """The keys of the caller's own session ``session_id``: another tenant's session of the
+    same id is a different session, so it reads exactly like a missing one."""
+    return state.store.keys(tenant, session_id)
+
+
+Keys = Annotated[SessionKeys, Depends(session_keys)]

@@ -1,4 +1,5 @@
-"""The FastAPI application: ``create_app(settings)``; ``uvicorn api.main:app`` serves it."""
+"""The FastAPI application: ``create_app(settings)``; ``python -m api.server`` serves it
+(``uvicorn api.main:app`` too, without the HTTP server's own limits)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,15 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api import cors, problems
+from api import cors, openapi, problems
 from api.deps import AppState
 from api.guards import RequestGuards
 from api.metrics import ApiMetrics, MetricsMiddleware
 from api.routes import events, health, page, sessions, turns, webhooks
 from shared import heap
+from shared.apikeys import KeyRing
 from shared.errors import ConfigurationError
+from shared.quotas import Quotas
 from shared.redis import async_client, check_eviction_policy, pubsub_client
 from shared.settings import Settings
 from shared.store import EventHub, SessionStore
@@ -44,6 +47,27 @@ async def eviction_checked(client: object, settings: Settings) -> bool:
     return True
 
 
+async def announce_access(state: AppState) -> None:
+    """Say at start who may call this API (the anonymous mode is easy to miss)."""
+    mode = state.settings.auth
+    if mode == "open":
+        log.warning("CHATLANE_AUTH=open: every client is the anonymous tenant, with no API key")
+        return
+    try:
+        async with asyncio.timeout(START_CHECK_TIMEOUT_S):
+            configured = await state.keyring.configured()
+    except Exception:
+        return  # Redis did not answer; requests are checked one by one all the same
+    if mode == "auto" and not configured:
+        log.warning(
+            "no API keys: serving one anonymous tenant (%s) to loopback clients only; "
+            "`chatlane keys create --tenant NAME` makes a key and then every request needs one",
+            state.settings.default_tenant,
+        )
+    else:
+        log.info("API keys required")
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; clients are opened by the lifespan, not here (no I/O at build time)."""
     settings = settings or Settings()
@@ -67,8 +91,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                         wake_ups=wake_ups,
                         metrics=metrics,
                         outbox=Outbox(store),
+                        keyring=KeyRing(client, settings.key_prefix),
+                        quotas=Quotas(client, settings),
                         eviction_checked=checked,
                     )
+                    await announce_access(app.state.chatlane)
                     if settings.settle_heap:
                         heap.settle()
                     yield
@@ -104,6 +131,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(webhooks.router)
     app.include_router(health.router)
     app.include_router(page.router)
+    openapi.install(app, settings)
     return app
 
 

@@ -16,8 +16,11 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from shared.errors import (
+    HistoryFull,
     IdempotencyConflict,
     MailboxFull,
+    NotAuthenticated,
+    RateLimited,
     SessionNotFound,
     TooManyWaiters,
     TurnNotFound,
@@ -217,6 +220,31 @@ def _full(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def _not_authenticated(request: Request, exc: Exception) -> JSONResponse:
+    return problem(
+        401,
+        "Not authenticated",
+        str(exc),
+        kind="not-authenticated",
+        headers={"WWW-Authenticate": 'Bearer realm="chatlane"'},
+    )
+
+
+def _rate_limited(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RateLimited)
+    return problem(
+        429,
+        "Rate limit exceeded",
+        f"This tenant's {exc}; retry after {exc.retry_after_s} s.",
+        kind="rate-limited",
+        headers={"Retry-After": str(exc.retry_after_s)},
+    )
+
+
+def _history_full(request: Request, exc: Exception) -> JSONResponse:
+    return problem(409, "Session history full", str(exc), kind="history-full")
+
+
 def _unavailable(request: Request, exc: Exception) -> JSONResponse:
     log.warning("backing store unavailable: %s", exc)
     return problem(
@@ -250,6 +278,9 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(TooManyWaiters, _too_many_waiters)
     app.add_exception_handler(IdempotencyConflict, _conflict)
     app.add_exception_handler(MailboxFull, _full)
+    app.add_exception_handler(HistoryFull, _history_full)
+    app.add_exception_handler(NotAuthenticated, _not_authenticated)
+    app.add_exception_handler(RateLimited, _rate_limited)
     app.add_exception_handler(redis.exceptions.ConnectionError, _unavailable)
     app.add_exception_handler(redis.exceptions.TimeoutError, _unavailable)
     app.add_exception_handler(redis.exceptions.ReadOnlyError, _unavailable)  # mid-failover

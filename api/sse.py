@@ -77,12 +77,14 @@ EVENTS_DOC: dict[int | str, dict[str, Any]] = {
 }
 
 LastEventIdHeader = Annotated[
-    str | None, Header(alias="Last-Event-ID", description="Resume after this event.")
+    str | None,
+    Header(alias="Last-Event-ID", pattern=EVENT_ID_PATTERN, description="Resume after this event."),
 ]
 LastEventIdQuery = Annotated[
     str | None,
     Query(
         alias="last_event_id",
+        pattern=EVENT_ID_PATTERN,
         description="As `Last-Event-ID`, for clients that cannot set headers.",
     ),
 ]

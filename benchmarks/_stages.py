@@ -18,6 +18,7 @@ import time
 from collections.abc import Awaitable
 from typing import TypeVar
 
+from shared.quotas import Quotas
 from shared.redis import async_client
 from shared.settings import Settings
 from shared.store import DeltaBatcher, Heartbeat, Lease, SessionStore
@@ -50,7 +51,15 @@ async def _stages(url: str, *, turns: int, sessions: int, tag: str) -> dict[str,
     client = async_client(url, name="chatlane-bench-stages", bounded=True)  # as the worker's
     store = SessionStore(client, settings)
     deltas = DeltaBatcher(store, flush_s=settings.stream_flush_s)  # a short reply: the tail
-    rt = Runtime(settings, store, Heartbeat(store), deltas, ModelSource(settings), Outbox(store))
+    rt = Runtime(
+        settings,
+        store,
+        Heartbeat(store),
+        deltas,
+        ModelSource(settings),
+        Outbox(store),
+        Quotas(client, settings),
+    )
     model = rt.models.get()
     loop = asyncio.get_running_loop()
     spent = dict.fromkeys(STAGES, 0.0)

@@ -1,7 +1,10 @@
-"""The ``chatlane`` command: ``up`` (everything on one machine), ``api``, ``worker``."""
+"""The ``chatlane`` command: ``up`` (everything on one machine), ``api``, ``worker``, and
+``keys`` (the API keys that map callers to tenants)."""
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import os
 import signal
 import socket
@@ -14,9 +17,11 @@ from urllib.parse import urlsplit, urlunsplit
 import click
 import redis
 
-from cli.redis_server import ManagedRedis, free_port, port_is_free
+from cli.keys import keys
+from cli.redis_server import ManagedRedis, cannot_stand_in, free_port, port_is_free
 from cli.supervise import Child, answers_ready, api_command, stop_all, worker_command
-from shared.redis import eviction_problem, masked
+from shared.apikeys import KeyRing
+from shared.redis import async_client, eviction_problem, masked, probe_client
 from shared.settings import Settings
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -40,7 +45,7 @@ def _probe(url: str) -> tuple[str, str]:
             pass
     except OSError as exc:
         return "none", str(exc)
-    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    client = probe_client(url, timeout_s=2)
     try:
         client.ping()
         try:
@@ -59,6 +64,42 @@ def _with_port(url: str, port: int) -> str:
     return urlunsplit(parts._replace(netloc=f"127.0.0.1:{port}"))
 
 
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _keys_configured(settings: Settings, url: str) -> bool:
+    async def ask() -> bool:
+        client = async_client(url, name="chatlane-cli")
+        try:
+            return await KeyRing(client, settings.key_prefix).configured()
+        finally:
+            await client.aclose()
+
+    try:
+        return asyncio.run(ask())
+    except Exception:
+        return False
+
+
+def open_to_the_network(host: str, settings: Settings, url: str) -> str | None:
+    """Why serving on ``host`` would let anyone in (None when it would not): a non-loopback
+    address with no API key made and ``CHATLANE_AUTH`` not set to ``open`` or ``keys``."""
+    if _loopback(host) or settings.auth != "auto" or _keys_configured(settings, url):
+        return None
+    return (
+        f"refusing to listen on {host}: no API keys exist, and without keys chatlane serves "
+        "loopback clients only. Make one first (`chatlane keys create --tenant NAME`), or "
+        "set CHATLANE_AUTH=open to serve everyone as one anonymous tenant (only behind "
+        "something else that authenticates), or CHATLANE_AUTH=keys."
+    )
+
+
 def run_up(host: str, port: int, data_dir: Path) -> int:
     settings = Settings()
     env = dict(os.environ)
@@ -72,6 +113,9 @@ def run_up(host: str, port: int, data_dir: Path) -> int:
         if urlsplit(url).hostname not in LOOPBACK:
             # A Redis elsewhere is expected to be running; starting one here would hide that.
             say(f"no Redis answers at {masked(url)} ({detail})", err=True)
+            return 2
+        if (reason := cannot_stand_in(url)) is not None:
+            say(f"no Redis answers at {masked(url)} ({detail}), and {reason}: start it", err=True)
             return 2
         wanted = urlsplit(url).port or 6379
         redis_dir = data_dir / "redis"
@@ -90,6 +134,13 @@ def run_up(host: str, port: int, data_dir: Path) -> int:
         if problem is not None:
             say(problem, err=True)
             return 2
+
+    refused = open_to_the_network(host, settings, url)
+    if refused is not None:
+        say(refused, err=True)
+        if managed is not None:
+            managed.stop()
+        return 2
 
     stopping = False
 
@@ -198,9 +249,14 @@ def up(host: str, port: int, data_dir: Path | None) -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", help="Address to listen on.")
 @click.option("--port", default=8000, type=click.IntRange(1, 65535), help="Port to listen on.")
-@click.option("--workers", default=1, type=click.IntRange(1), help="uvicorn worker processes.")
+@click.option("--workers", default=1, type=click.IntRange(1), help="API worker processes.")
 def api(host: str, port: int, workers: int) -> None:
-    """Serve the HTTP API (uvicorn api.main:app)."""
+    """Serve the HTTP API (python -m api.server: uvicorn's h11 server with chatlane's limits)."""
+    settings = Settings()
+    refused = open_to_the_network(host, settings, settings.redis_url)
+    if refused is not None:
+        say(refused, err=True)
+        sys.exit(2)
     args = api_command(host, port, "--workers", str(workers))
     os.execv(args[0], args)
 
@@ -218,6 +274,9 @@ def worker(celery_args: tuple[str, ...]) -> None:
     """
     args = worker_command(*(a for a in celery_args if a != "--"))
     os.execv(args[0], args)
+
+
+main.add_command(keys)
 
 
 if __name__ == "__main__":

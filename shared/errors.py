@@ -10,7 +10,10 @@ ChatlaneError
 │   └── TurnNotFound       no such turn in this session
 ├── AcceptRejected         nothing was written
 │   ├── IdempotencyConflict  the key was used before with a different request
-│   └── MailboxFull          too many pending turns in the session
+│   ├── MailboxFull          too many pending turns in the session
+│   └── HistoryFull          the session's history is at its size limit
+├── RateLimited            the tenant spent its budget for now; ``.retry_after_s``
+├── NotAuthenticated       no valid API key (or anonymous access is not allowed here)
 ├── TooManyWaiters         this process already holds as many waiting clients as allowed
 └── ModelError
     ├── ModelUnavailable     the model could not be built (missing setting, bad import path)
@@ -68,6 +71,24 @@ class IdempotencyConflict(AcceptRejected):
     def __init__(self, turn_id: str) -> None:
         super().__init__(turn_id)
         self.turn_id = turn_id
+
+
+class HistoryFull(AcceptRejected):
+    """The session's history holds as many messages as it may; clear it to go on."""
+
+
+class RateLimited(ChatlaneError):
+    """The tenant's requests or tokens per minute are spent; retry after ``retry_after_s``."""
+
+    def __init__(self, what: str, limit: int, retry_after_s: int) -> None:
+        super().__init__(f"{what}: the limit is {limit} per minute")
+        self.what = what
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+
+
+class NotAuthenticated(ChatlaneError):
+    """The request carries no valid API key, and anonymous access is not allowed to it."""
 
 
 class MailboxFull(AcceptRejected):

@@ -11,7 +11,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-SESSION_ID_PATTERN = r"^[A-Za-z0-9._:-]{0,127}[A-Za-z0-9_:-]$"  # never ends in a dot: no "."/".."
+# 1–128 characters of A-Za-z0-9._:- and not only dots ("." and ".." are path segments
+# that clients remove); the length is checked beside the pattern (no lookahead in it).
+SESSION_ID_PATTERN = r"^[A-Za-z0-9._:-]*[A-Za-z0-9_:-][A-Za-z0-9._:-]*$"
+SESSION_ID_MAX = 128
 TENANT_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 TURN_ID_PATTERN = r"^turn_[0-9a-f]{24}$"
 _SESSION_ID = re.compile(SESSION_ID_PATTERN)
@@ -19,7 +22,7 @@ _TENANT_ID = re.compile(TENANT_ID_PATTERN)
 
 
 def is_valid_session_id(value: str) -> bool:
-    return bool(_SESSION_ID.fullmatch(value))
+    return len(value) <= SESSION_ID_MAX and bool(_SESSION_ID.fullmatch(value))
 
 
 def is_valid_tenant_id(value: str) -> bool:
@@ -128,6 +131,16 @@ class GlobalKeys:
     def deliveries_due(self) -> str:
         """Sorted set: delivery ids scored by when they are next due (ms)."""
         return f"{self.prefix}:deliveries:due"
+
+    @property
+    def api_keys(self) -> str:
+        """Hash: API key id -> its record (tenant, SHA-256 digest, revoked_at) as JSON."""
+        return f"{self.prefix}:apikeys"
+
+    @property
+    def rate_limits(self) -> str:
+        """Prefix of the per-tenant rate-limit counters (the ``limits`` library's keys)."""
+        return f"{self.prefix}:limits"
 
     def endpoints(self, tenant: str) -> str:
         """Hash: a tenant's webhook endpoints (id -> JSON) and its signing secrets."""

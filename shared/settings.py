@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -17,10 +17,14 @@ class Settings(BaseSettings):
     ``Settings(...)`` explicitly and pass it down; nothing reads ``os.environ`` later.
     """
 
-    model_config = SettingsConfigDict(env_prefix="CHATLANE_", extra="ignore", frozen=True)
+    # Errors never echo what was given: it may be a URL with a password, or the OpenAI key.
+    model_config = SettingsConfigDict(
+        env_prefix="CHATLANE_", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    broker_url: str | None = None
+    # URLs may hold a password: kept out of ``repr`` (logs, tracebacks); log ``masked()``.
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", repr=False)
+    broker_url: str | None = Field(default=None, repr=False)
     allow_eviction: bool = False
     settle_heap: bool = True  # shared/heap.py, once a process has started
     data_dir: Path = Path(".chatlane")
@@ -59,6 +63,18 @@ class Settings(BaseSettings):
     keepalive_s: float = Field(default=15.0, gt=0)
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=1)
     default_tenant: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    max_history_messages: int = Field(default=10_000, ge=2)
+
+    # Who may call the API (shared/apikeys.py, api/auth.py). ``auto``: an API key is
+    # required once any key exists; until then one anonymous tenant (``default_tenant``)
+    # is served to loopback clients only. ``keys``: a key is always required. ``open``:
+    # anyone is the anonymous tenant (only behind something else that authenticates).
+    auth: Literal["auto", "keys", "open"] = "auto"
+    # Per tenant, over a sliding minute, held in Redis across API replicas; 0 = no limit.
+    rate_requests_per_minute: int = Field(default=60_000, ge=0)
+    rate_tokens_per_minute: int = Field(default=10_000_000, ge=0)
+    # Tokens a reply is assumed to cost before the model has run (settled afterwards).
+    reply_token_estimate: int = Field(default=512, ge=0)
 
     worker_concurrency: int = Field(default=1000, ge=1)
 
@@ -70,7 +86,7 @@ class Settings(BaseSettings):
     webhook_rotation_s: int = Field(default=24 * 3600, ge=0)
     queue: str = "chatlane"
 
-    # HTTP hardening (api/guards.py, api/http11.py; docs/http-hardening.md). The head
+    # HTTP hardening (api/guards.py, api/http11.py; docs/security.md). The head
     # (request line and headers) must arrive within http_head_timeout_s and weigh at most
     # http_max_head_bytes; a body must arrive within http_body_timeout_s; an idle
     # keep-alive connection is closed after http_idle_timeout_s; a process holds at most

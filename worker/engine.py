@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from shared import heap
 from shared.errors import ConfigurationError
+from shared.quotas import Quotas
 from shared.redis import async_client, check_eviction_policy, masked
 from shared.settings import Settings
 from shared.store import DeltaBatcher, Heartbeat, SessionStore
@@ -154,7 +155,16 @@ class Engine:
                         run_sweeper(store, wake_ups, heartbeat.held), name="chatlane-sweeper"
                     ),
                 ]
-                runtime = Runtime(settings, store, heartbeat, deltas, models, outbox, sender.wake)
+                runtime = Runtime(
+                    settings,
+                    store,
+                    heartbeat,
+                    deltas,
+                    models,
+                    outbox,
+                    Quotas(client, settings),
+                    sender.wake,
+                )
                 if settings.settle_heap:
                     heap.settle()
                 self._ready.set_result(runtime)

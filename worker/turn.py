@@ -17,6 +17,7 @@ from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from redis.exceptions import RedisError
 
 from shared.errors import CommitRejected, LockLost, ModelGaveUp, ModelUnavailable, SessionBusy
+from shared.quotas import CHARS_PER_TOKEN, Quotas, estimate_tokens
 from shared.settings import Settings
 from shared.store import DeltaBatcher, Head, Heartbeat, Lease, Outcome, SessionStore, Turn
 from shared.store import history as docs
@@ -42,6 +43,7 @@ class Runtime:
     deltas: DeltaBatcher
     models: ModelSource
     outbox: Outbox
+    quotas: Quotas
     webhooks_due: Callable[[], None] = _nothing
 
 
@@ -86,6 +88,7 @@ async def drain_session(rt: Runtime, tenant: str, session: str) -> DrainReport:
                     refused, released = head.turn.id, False  # read the head again
                 else:
                     committed += 1
+                    await settle_tokens(rt, keys.tenant, head, outcome)
                     if webhook:
                         await rt.outbox.note(keys)
                         rt.webhooks_due()
@@ -163,6 +166,28 @@ async def webhook_event(
     if turn.webhook or await rt.outbox.subscribed(tenant, event):
         return event
     return ""
+
+
+async def settle_tokens(rt: Runtime, tenant: str, head: Head, outcome: Outcome) -> None:
+    """Correct the tenant's token budget by what the committed turn cost, once per turn.
+
+    The reservation made at accept is re-derived from the message; the cost is estimated
+    from the characters the model read (history and message) and wrote."""
+    turn = head.turn
+    if turn.kind != "message":
+        return
+    content = (turn.input or {}).get("content", "")
+    reply = (outcome.output or {}).get("content", "")
+    read = sum(len(str(m.get("data", {}).get("content", ""))) for m in head.history)
+    actual = (
+        estimate_tokens(rt.settings.system_prompt)
+        + estimate_tokens(content)
+        + (estimate_tokens(reply) + read // CHARS_PER_TOKEN if outcome.status == "completed" else 0)
+    )
+    try:
+        await rt.quotas.settle_tokens(tenant, rt.quotas.turn_estimate(content), actual)
+    except RedisError:
+        log.warning("token budget of %s not settled for %s", tenant, turn.id, exc_info=True)
 
 
 def _failed(code: str, message: str) -> Outcome:

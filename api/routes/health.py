@@ -9,6 +9,7 @@ from fastapi.responses import PlainTextResponse
 
 from api.deps import State
 from api.metrics import CONTENT_TYPE
+from api.openapi import NOT_READY, problems
 from api.problems import problem
 from shared.errors import ConfigurationError
 from shared.redis import check_eviction_policy
@@ -28,7 +29,7 @@ async def metrics(state: State) -> PlainTextResponse:
     return PlainTextResponse(state.metrics.render(), media_type=CONTENT_TYPE)
 
 
-@router.get("/readyz", response_model=None)
+@router.get("/readyz", response_model=None, responses=problems(NOT_READY))
 async def readyz(state: State) -> dict[str, str] | Response:
     """Redis answers (and never evicts keys), and so does the broker."""
     checks: dict[str, str] = {}

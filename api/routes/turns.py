@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+from contextlib import suppress
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 
-from api.deps import SessionId, State, TurnId, Wait, resolve_tenant, session_keys
+from api.deps import AppState, Keys, State, TurnId, Wait
+from api.openapi import (
+    HISTORY_FULL,
+    IDEMPOTENCY_KEY_REUSED,
+    MAILBOX_FULL,
+    MESSAGE_TOO_LONG,
+    SESSION_NOT_FOUND,
+    TOO_MANY_WAITERS,
+    TURN_NOT_FOUND,
+    WEBHOOK_URL_REFUSED,
+    problems,
+    turn_answer,
+)
 from api.problems import problem
 from api.schemas import TurnIn, TurnsPage
 from api.waiting import accepted_turn
@@ -37,7 +51,17 @@ async def turn_body(request: Request) -> TurnIn:
     "",
     status_code=202,
     response_model=Turn,
-    responses={200: {"description": "The turn finished within `wait` seconds."}},
+    responses={
+        200: turn_answer("The turn finished within `wait` seconds.", replayable=True),
+        202: turn_answer("Queued (or, without `wait`, whatever state it is in).", replayable=True),
+        **problems(
+            HISTORY_FULL,
+            MESSAGE_TOO_LONG,
+            WEBHOOK_URL_REFUSED,
+            IDEMPOTENCY_KEY_REUSED,
+            MAILBOX_FULL,
+        ),
+    },
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -46,7 +70,7 @@ async def turn_body(request: Request) -> TurnIn:
     },
 )
 async def create_turn(
-    session_id: SessionId,
+    keys: Keys,
     body: Annotated[TurnIn, Depends(turn_body)],
     state: State,
     response: Response,
@@ -67,22 +91,35 @@ async def create_turn(
             parse(body.webhook)
         except TargetRefused as refused:
             return problem(422, "Webhook URL refused", str(refused), kind="webhook-url-refused")
-        await state.outbox.signing_secrets(resolve_tenant(state), create=True)
-    keys = session_keys(state, session_id)
-    submitted = await submit(
-        state.store,
-        state.wake_ups,
-        keys,
-        input_doc={"content": body.content},
-        idempotency_key=idempotency_key,
-        webhook=body.webhook,
-    )
+        await state.outbox.signing_secrets(keys.tenant, create=True)
+    estimate = state.quotas.turn_estimate(body.content)
+    await state.quotas.reserve_tokens(keys.tenant, estimate)
+    try:
+        submitted = await submit(
+            state.store,
+            state.wake_ups,
+            keys,
+            input_doc={"content": body.content},
+            idempotency_key=idempotency_key,
+            webhook=body.webhook,
+        )
+    except BaseException:
+        await refund(state, keys.tenant, estimate)
+        raise
+    if submitted.accepted.replayed:
+        await refund(state, keys.tenant, estimate)
     return await accepted_turn(state, keys, submitted, wait, response)
 
 
-@router.get("", response_model=TurnsPage)
+async def refund(state: AppState, tenant: str, estimate: int) -> None:
+    """Give back a reservation for a turn that was not queued (or was queued before)."""
+    with suppress(RedisError):
+        await state.quotas.settle_tokens(tenant, estimate, 0)
+
+
+@router.get("", response_model=TurnsPage, responses=problems(SESSION_NOT_FOUND))
 async def list_turns(
-    session_id: SessionId,
+    keys: Keys,
     state: State,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     order: Annotated[Literal["asc", "desc"], Query(description="By sequence number.")] = "asc",
@@ -91,9 +128,7 @@ async def list_turns(
     ] = None,
 ) -> TurnsPage:
     """The session's turns, in sequence order (or the reverse)."""
-    page = await state.store.list_turns(
-        session_keys(state, session_id), limit=limit, order=order, after=after
-    )
+    page = await state.store.list_turns(keys, limit=limit, order=order, after=after)
     turns: list[Turn] = page.items
     return TurnsPage(
         data=turns,
@@ -103,8 +138,7 @@ async def list_turns(
     )
 
 
-@router.get("/{turn_id}", response_model=Turn)
-async def get_turn(session_id: SessionId, turn_id: TurnId, state: State, wait: Wait) -> Turn:
+@router.get("/{turn_id}", response_model=Turn, responses=problems(TURN_NOT_FOUND, TOO_MANY_WAITERS))
+async def get_turn(keys: Keys, turn_id: TurnId, state: State, wait: Wait) -> Turn:
     """The turn; with ``wait``, long-polls until it is terminal or the time is up."""
-    keys = session_keys(state, session_id)
     return await wait_for_turn(state.store, state.hub, keys, turn_id, wait)

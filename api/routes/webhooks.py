@@ -8,9 +8,10 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import AppState, State, resolve_tenant
+from api.deps import AppState, State, Tenant
+from api.openapi import NOT_FOUND, WEBHOOK_URL_REFUSED, problems
 from api.problems import problem
 from shared.addresses import TargetRefused, parse, resolve
 from shared.signing import is_secret, new_secret
@@ -22,6 +23,8 @@ EndpointId = Annotated[str, Path(pattern=r"^ep_[0-9a-f]{16}$")]
 
 
 class EndpointIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     url: str = Field(max_length=2048, examples=["https://example.com/chatlane"])
     events: list[EventName] = Field(default_factory=lambda: list(EVENTS), min_length=1)
     secret: str | None = Field(
@@ -78,23 +81,25 @@ async def checked_url(state: AppState, url: str) -> Response | None:
 
 
 @router.get("/signing-secret", response_model=SecretsOut)
-async def signing_secret(state: State) -> SecretsOut:
+async def signing_secret(state: State, tenant: Tenant) -> SecretsOut:
     """The secrets that sign deliveries to a turn's own `webhook` URL."""
-    tenant = resolve_tenant(state)
     return SecretsOut(secrets=await state.outbox.signing_secrets(tenant, create=True))
 
 
 @router.post("/signing-secret/rotate", response_model=SecretsOut)
-async def rotate_signing_secret(state: State) -> SecretsOut:
+async def rotate_signing_secret(state: State, tenant: Tenant) -> SecretsOut:
     """A new signing secret; the old ones keep signing for `CHATLANE_WEBHOOK_ROTATION_S`."""
     grace = state.settings.webhook_rotation_s * 1000
-    return SecretsOut(
-        secrets=await state.outbox.rotate_signing_secret(resolve_tenant(state), grace)
-    )
+    return SecretsOut(secrets=await state.outbox.rotate_signing_secret(tenant, grace))
 
 
-@router.post("/endpoints", status_code=201, response_model=EndpointOut)
-async def create_endpoint(body: EndpointIn, state: State) -> EndpointOut | Response:
+@router.post(
+    "/endpoints",
+    status_code=201,
+    response_model=EndpointOut,
+    responses=problems(WEBHOOK_URL_REFUSED),
+)
+async def create_endpoint(body: EndpointIn, state: State, tenant: Tenant) -> EndpointOut | Response:
     """Send this tenant's `turn.completed` / `turn.failed` events to a URL."""
     refused = await checked_url(state, body.url)
     if refused is not None:
@@ -111,35 +116,42 @@ async def create_endpoint(body: EndpointIn, state: State) -> EndpointOut | Respo
         created_at=now_ms(),
         secrets=[Secret(value=secret)],
     )
-    await state.outbox.save_endpoint(resolve_tenant(state), endpoint)
+    await state.outbox.save_endpoint(tenant, endpoint)
     return EndpointOut.of(endpoint, secret)
 
 
 @router.get("/endpoints", response_model=list[EndpointOut])
-async def list_endpoints(state: State) -> list[EndpointOut]:
-    endpoints = await state.outbox.endpoints(resolve_tenant(state), fresh=True)
+async def list_endpoints(state: State, tenant: Tenant) -> list[EndpointOut]:
+    endpoints = await state.outbox.endpoints(tenant, fresh=True)
     return [EndpointOut.of(e) for e in endpoints]
 
 
-@router.get("/endpoints/{endpoint_id}", response_model=EndpointOut)
-async def get_endpoint(endpoint_id: EndpointId, state: State) -> EndpointOut | Response:
-    endpoint = await state.outbox.endpoint(resolve_tenant(state), endpoint_id)
+@router.get("/endpoints/{endpoint_id}", response_model=EndpointOut, responses=problems(NOT_FOUND))
+async def get_endpoint(
+    endpoint_id: EndpointId, state: State, tenant: Tenant
+) -> EndpointOut | Response:
+    endpoint = await state.outbox.endpoint(tenant, endpoint_id)
     if endpoint is None:
         return _no_endpoint(endpoint_id)
     return EndpointOut.of(endpoint)
 
 
-@router.delete("/endpoints/{endpoint_id}", status_code=204)
-async def delete_endpoint(endpoint_id: EndpointId, state: State) -> Response:
-    if not await state.outbox.remove_endpoint(resolve_tenant(state), endpoint_id):
+@router.delete("/endpoints/{endpoint_id}", status_code=204, responses=problems(NOT_FOUND))
+async def delete_endpoint(endpoint_id: EndpointId, state: State, tenant: Tenant) -> Response:
+    if not await state.outbox.remove_endpoint(tenant, endpoint_id):
         return _no_endpoint(endpoint_id)
     return Response(status_code=204)
 
 
-@router.post("/endpoints/{endpoint_id}/rotate-secret", response_model=EndpointOut)
-async def rotate_endpoint_secret(endpoint_id: EndpointId, state: State) -> EndpointOut | Response:
+@router.post(
+    "/endpoints/{endpoint_id}/rotate-secret",
+    response_model=EndpointOut,
+    responses=problems(NOT_FOUND),
+)
+async def rotate_endpoint_secret(
+    endpoint_id: EndpointId, state: State, tenant: Tenant
+) -> EndpointOut | Response:
     """A new secret for the endpoint; the old one keeps signing for a while."""
-    tenant = resolve_tenant(state)
     endpoint = await state.outbox.endpoint(tenant, endpoint_id)
     if endpoint is None:
         return _no_endpoint(endpoint_id)
@@ -150,10 +162,13 @@ async def rotate_endpoint_secret(endpoint_id: EndpointId, state: State) -> Endpo
     return EndpointOut.of(endpoint, secret)
 
 
-@router.post("/endpoints/{endpoint_id}/enable", response_model=EndpointOut)
-async def enable_endpoint(endpoint_id: EndpointId, state: State) -> EndpointOut | Response:
+@router.post(
+    "/endpoints/{endpoint_id}/enable", response_model=EndpointOut, responses=problems(NOT_FOUND)
+)
+async def enable_endpoint(
+    endpoint_id: EndpointId, state: State, tenant: Tenant
+) -> EndpointOut | Response:
     """Switch an endpoint back on (after a `410` switched it off)."""
-    tenant = resolve_tenant(state)
     endpoint = await state.outbox.endpoint(tenant, endpoint_id)
     if endpoint is None:
         return _no_endpoint(endpoint_id)
@@ -165,20 +180,28 @@ async def enable_endpoint(endpoint_id: EndpointId, state: State) -> EndpointOut 
 @router.get("/dead-letters", response_model=DeadLettersPage)
 async def dead_letters(
     state: State,
+    tenant: Tenant,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    before: Annotated[int | None, Query(ge=0, description="Older than this (ms).")] = None,
+    before: Annotated[
+        int | None, Query(ge=0, le=2**53, description="Older than this (ms).")
+    ] = None,
 ) -> DeadLettersPage:
     """Deliveries that gave up, newest first."""
-    found, more = await state.outbox.dead_letters(resolve_tenant(state), limit=limit, before=before)
+    found, more = await state.outbox.dead_letters(tenant, limit=limit, before=before)
     return DeadLettersPage(data=found, has_more=more)
 
 
-@router.post("/dead-letters/{delivery_id}/replay", status_code=202, response_model=Delivery)
+@router.post(
+    "/dead-letters/{delivery_id}/replay",
+    status_code=202,
+    response_model=Delivery,
+    responses=problems(NOT_FOUND),
+)
 async def replay(
-    delivery_id: Annotated[str, Path(max_length=200)], state: State
+    delivery_id: Annotated[str, Path(max_length=200)], state: State, tenant: Tenant
 ) -> Delivery | Response:
     """Send a dead letter again, from its first attempt (with the same `webhook-id`)."""
-    delivery = await state.outbox.replay(resolve_tenant(state), delivery_id)
+    delivery = await state.outbox.replay(tenant, delivery_id)
     if delivery is None:
         return problem(404, "Not found", f"No dead letter {delivery_id}.", kind="not-found")
     return delivery

@@ -20,6 +20,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from shared.errors import (
     CommitRejected,
+    HistoryFull,
     IdempotencyConflict,
     MailboxFull,
     SessionBusy,
@@ -164,7 +165,7 @@ class SessionStore:
 
         The session is marked active for the sweeper *before* the script runs (same
         pipeline), so the sweeper always knows of a session that may hold pending turns.
-        Raises ``IdempotencyConflict``, ``MailboxFull`` or (with ``existing_only``)
+        Raises ``IdempotencyConflict``, ``MailboxFull``, ``HistoryFull`` or (with ``existing_only``)
         ``SessionNotFound``; then nothing was queued.
         """
         settings = self.settings
@@ -188,6 +189,7 @@ class SessionStore:
             # Never remember a key longer than the turn it points to can live.
             "idem_ttl_ms": min(settings.idempotency_ttl_s * 1000, settings.session_ttl_ms),
             "max_pending": settings.max_pending_turns,
+            "max_history": settings.max_history_messages,
             "existing_only": existing_only,
             "now_ms": created,
             "session_ttl_ms": settings.session_ttl_ms,
@@ -211,6 +213,11 @@ class SessionStore:
             raise IdempotencyConflict(str(verdict[1]))
         if verdict[0] == "NOT_FOUND":
             raise SessionNotFound(f"No session {keys.session}.")
+        if verdict[0] == "HISTORY_FULL":
+            raise HistoryFull(
+                f"the session holds {verdict[1]} messages (with its pending turns); the limit "
+                f"is {settings.max_history_messages}: clear it (DELETE) or use a new session"
+            )
         raise MailboxFull(f"{verdict[1]} turns are already pending in this session")
 
     async def run_pipeline(self, fill: Callable[[Any], None]) -> list[Any]:

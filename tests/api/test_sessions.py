@@ -72,7 +72,7 @@ def test_delete_clears_the_history_after_the_turns_before_it(
     assert clear["kind"] == "clear" and clear["seq"] == 2 and clear["output"] is None
     assert cleared.headers["location"] == f"/v1/sessions/gone/turns/{clear['id']}"
     finish_next_turn(settings, "gone", "reply")  # the turn accepted before the clear
-    assert api.get("/v1/sessions/gone/messages").json()["total"] == 0  # nothing appended
+    assert api.get("/v1/sessions/gone/messages").json()["total"] == 2  # its exchange
     done = finish_next_turn(settings, "gone")  # the clear itself
     assert done == clear["id"]
     result = api.get(cleared.headers["location"]).json()

@@ -15,7 +15,7 @@ from api import waiting
 from api.main import create_app
 from shared.keys import SessionKeys
 from shared.settings import Settings
-from tests.api.conftest import finish_next_turn
+from tests.api.conftest import LOCAL, finish_next_turn
 
 
 def test_accepting_a_turn_answers_202_with_the_queued_turn_and_its_location(
@@ -129,7 +129,7 @@ def test_a_turn_is_accepted_even_when_the_wake_up_cannot_be_sent(
     from cli.redis_server import free_port
 
     settings = make_settings(broker_url=f"redis://127.0.0.1:{free_port()}/0")
-    with TestClient(create_app(settings), raise_server_exceptions=False) as api:
+    with TestClient(create_app(settings), raise_server_exceptions=False, client=LOCAL) as api:
         response = api.post("/v1/sessions/s/turns", json={"content": "kept"})
         assert response.status_code == 202, response.text
         assert "chatlane_wakeups_failed_total 1.0" in api.get("/metrics").text
@@ -140,7 +140,7 @@ def test_a_turn_is_accepted_even_when_the_wake_up_cannot_be_sent(
 @pytest.fixture
 def capped_api(make_settings: Callable[..., Settings]) -> Any:
     settings = make_settings(max_waiters=0, max_wait_s=120)
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+    with TestClient(create_app(settings), raise_server_exceptions=False, client=LOCAL) as client:
         yield client, settings
 
 

@@ -15,12 +15,13 @@ from shared.signing import is_secret
 from shared.store import SessionStore
 from shared.store.outbox import Delivery, Outbox
 from shared.store.records import now_ms
+from tests.api.conftest import LOCAL
 
 
 @pytest.fixture
 def loopback_api(make_settings: Callable[..., Settings]) -> Iterator[tuple[TestClient, Settings]]:
     settings = make_settings(webhook_allow_private=True)
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+    with TestClient(create_app(settings), raise_server_exceptions=False, client=LOCAL) as client:
         yield client, settings
 
 

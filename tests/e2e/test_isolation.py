@@ -11,7 +11,9 @@ import httpx
 import pytest
 import redis
 
+from shared.apikeys import KeyRing
 from shared.keys import SessionKeys
+from shared.redis import async_client
 from tests.support.checker import Observation, check, message_for
 from tests.support.cluster import Cluster
 from tests.support.openai_server import ModelServer
@@ -151,3 +153,71 @@ def test_a_waited_answer_is_exactly_the_stored_turn(cluster: Cluster) -> None:
         assert waited.json()["status"] == "completed"
         stored = http.get(waited.headers["location"])
         assert stored.json() == waited.json()
+
+
+def test_the_same_session_ids_in_two_tenants_stay_two_sets_of_conversations(
+    cluster: Cluster, model_server: ModelServer
+) -> None:
+    settings = cluster.settings
+    tenants = ("acme", "globex")
+    sids = [f"shared-{i:02d}" for i in range(30)]
+
+    async def make_keys() -> dict[str, str]:
+        client = async_client(settings.redis_url)
+        try:
+            ring = KeyRing(client, settings.key_prefix)
+            return {t: (await ring.create(t))[1] for t in tenants}
+        finally:
+            await client.aclose()
+
+    keys = asyncio.run(make_keys())
+    labels = {(t, s): f"{t}.{s}" for t in tenants for s in sids}  # the checker's session names
+    sent: dict[str, list[str]] = {label: [] for label in labels.values()}
+    statuses: dict[str, str] = {}
+
+    async def one_user(http: httpx.AsyncClient, tenant: str, sid: str) -> None:
+        auth = {"Authorization": f"Bearer {keys[tenant]}"}
+        ids = []
+        for n in range(3):
+            content = message_for(labels[tenant, sid], n)
+            response = await _send(
+                http, "POST", f"/v1/sessions/{sid}/turns", json={"content": content},
+                headers={**auth, "Idempotency-Key": content[-16:]},
+            )  # fmt: skip
+            assert response.status_code == 202, response.text
+            assert response.json()["seq"] == n + 1
+            sent[labels[tenant, sid]].append(content)
+            ids.append(response.json()["id"])
+        for turn_id in ids:
+            url = f"/v1/sessions/{sid}/turns/{turn_id}"
+            response = await _send(http, "GET", url, params={"wait": 30}, headers=auth)
+            statuses[f"{tenant}/{turn_id}"] = response.json()["status"]
+
+    async def everyone() -> None:
+        limits = httpx.Limits(max_connections=120, keepalive_expiry=2)
+        async with httpx.AsyncClient(base_url=cluster.base_url, timeout=60, limits=limits) as http:
+            await asyncio.gather(*(one_user(http, t, s) for t, s in labels))
+
+    try:
+        asyncio.run(everyone())
+    finally:
+        redis.Redis.from_url(settings.redis_url).delete(f"{settings.key_prefix}:apikeys")
+
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    try:
+        histories = {}
+        for (tenant, sid), label in labels.items():
+            session_keys = SessionKeys(settings.key_prefix, tenant, sid)
+            docs = [json.loads(d) for d in client.lrange(session_keys.history, 0, -1)]
+            histories[label] = [(d["type"], d["data"]["content"]) for d in docs]
+    finally:
+        client.close()
+    observation = Observation(
+        sent=sent,
+        prompts=_prompts_of(model_server, set(labels.values())),
+        histories=histories,
+        statuses=statuses,
+        window=settings.history_window,
+    )
+    assert len(observation.prompts) == len(labels) * 3
+    assert check(observation) == []

@@ -34,6 +34,9 @@ API = "tests/api/test_turns.py"
 SESSIONS = "tests/api/test_sessions.py"
 HOOKS = "tests/worker/test_webhooks.py"
 SSE = "tests/e2e/test_sse.py"
+AUTH = "tests/api/test_auth.py"
+TENANTS = "tests/api/test_tenants.py"
+QUOTAS = "tests/api/test_quotas.py"
 
 
 @dataclass(frozen=True)
@@ -276,6 +279,35 @@ MUTANTS = [
       '    if policy == "noeviction":\n        return None\n', "    return None\n",
       f"{STARTUP}::test_the_api_refuses_a_redis_that_evicts_keys_unless_told_otherwise",
       f"{STARTUP}::test_a_worker_refuses_a_redis_that_evicts_keys"),
+    # tenants, keys and budgets
+    m("a session's keys are its caller's tenant's", "api/deps.py",
+      "return state.store.keys(tenant, session_id)",
+      "return state.store.keys(state.settings.default_tenant, session_id)",
+      f"{TENANTS}::test_another_tenants_ids_answer_as_missing_ones_on_every_endpoint_and_"
+      "change_nothing"),
+    m("a revoked key is refused", "shared/apikeys.py",
+      "or record.revoked:", ":",
+      f"{AUTH}::test_a_revoked_key_stops_working_on_every_replica_at_once"),
+    m("a key is compared by its digest", "shared/apikeys.py",
+      "if not hmac.compare_digest(record.digest, digest(presented))",
+      "if not hmac.compare_digest(record.digest, record.digest)",
+      f"{AUTH}::test_a_known_key_id_with_a_wrong_secret_is_refused"),
+    m("keys are never read from the URL", "api/auth.py",
+      "if CREDENTIAL_PARAMS.intersection(",
+      "if not CREDENTIAL_PARAMS or CREDENTIAL_PARAMS.isdisjoint(",
+      f"{AUTH}::test_a_key_in_the_query_string_is_refused_even_beside_a_valid_header"),
+    m("anonymous access is for loopback peers only", "api/auth.py",
+      "if is_loopback(client):", "if True:",
+      f"{AUTH}::test_without_keys_loopback_clients_are_the_anonymous_tenant_and_others_are_refused"),
+    m("every request spends from its tenant's budget", "api/auth.py",
+      "await state.quotas.spend_request(tenant)", "pass",
+      f"{QUOTAS}::test_a_burst_over_the_request_limit_is_refused_for_that_tenant_only"),
+    m("a committed turn settles its tokens", "worker/turn.py",
+      "await settle_tokens(rt, keys.tenant, head, outcome)", "pass",
+      f"{TURN}::test_a_committed_turn_settles_its_tenants_token_budget_once"),
+    m("a full history refuses messages", LUA + "accept.lua",
+      "if held + 2 > A.max_history then", "if false then",
+      f"{QUOTAS}::test_a_full_history_refuses_new_messages_but_takes_a_clear"),
 ]  # fmt: skip
 
 

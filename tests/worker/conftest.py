@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from langchain_core.language_models import BaseChatModel
 
+from shared.quotas import Quotas
 from shared.redis import async_client
 from shared.settings import Settings
 from shared.store import DeltaBatcher, Heartbeat, SessionStore
@@ -37,7 +38,13 @@ async def make_runtime() -> AsyncIterator[RuntimeFactory]:
         beats.append(asyncio.create_task(heartbeat.run()))
         beats.append(asyncio.create_task(deltas.run()))
         runtime = Runtime(
-            settings, store, heartbeat, deltas, ModelSource(settings, model), Outbox(store)
+            settings,
+            store,
+            heartbeat,
+            deltas,
+            ModelSource(settings, model),
+            Outbox(store),
+            Quotas(client, settings),
         )
         runtimes.append(runtime)
         return runtime

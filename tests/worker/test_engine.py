@@ -14,6 +14,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatResult
 
+from shared.quotas import Quotas
 from shared.redis import async_client
 from shared.settings import Settings
 from shared.store import DeltaBatcher, Heartbeat, SessionStore, Turn
@@ -96,7 +97,13 @@ async def test_a_redis_slow_to_answer_slows_the_stream_instead_of_growing_memory
         deltas = DeltaBatcher(store, flush_s=0.01, max_pending_bytes=cap)
         model = Firehose()
         rt = Runtime(
-            proxied, store, Heartbeat(store), deltas, ModelSource(proxied, model), Outbox(store)
+            proxied,
+            store,
+            Heartbeat(store),
+            deltas,
+            ModelSource(proxied, model),
+            Outbox(store),
+            Quotas(aclient, proxied),
         )
         flusher = asyncio.create_task(deltas.run())
         keys = store.keys("default", "firehose")

@@ -16,6 +16,7 @@ from cli.redis_server import ManagedRedis
 from cli.supervise import worker_command
 from shared.errors import ConfigurationError
 from shared.settings import Settings
+from tests.api.conftest import LOCAL
 from tests.support.cluster import settings_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,5 +69,5 @@ def test_the_api_refuses_a_redis_that_evicts_keys_unless_told_otherwise(
     ):
         pass
     allowed = make_settings(redis_url=evicting_redis, allow_eviction=True)
-    with TestClient(create_app(allowed)) as api:
+    with TestClient(create_app(allowed), client=LOCAL) as api:
         assert api.get("/readyz").status_code == 200

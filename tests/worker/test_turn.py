@@ -363,3 +363,25 @@ async def test_a_lock_lost_mid_stream_is_noticed_at_the_next_delta_flush(
         raise AssertionError("the stream went on after its deltas were refused")
     assert draining.result().lost_lock
     assert _turn(client, keys, turn_id).status == "running"  # left for the new holder
+
+
+async def test_a_committed_turn_settles_its_tenants_token_budget_once(
+    make_settings: Callable[..., Settings], make_runtime: RuntimeFactory
+) -> None:
+    settings = make_settings(rate_tokens_per_minute=10_000, reply_token_estimate=5_000)
+    rt = make_runtime(settings)
+    keys = rt.store.keys("acme", "budget")
+    quotas = rt.quotas
+    estimate = quotas.turn_estimate("x" * 400)
+    await quotas.reserve_tokens("acme", estimate)  # as the API does when it accepts
+    await _accept(rt.store, keys, "x" * 400)
+
+    assert (await drain_session(rt, "acme", "budget")).committed == 1
+    stats = await quotas.limiter.get_window_stats(quotas.tokens, "acme")
+    spent = 10_000 - stats.remaining
+    # 100 tokens read and about 108 written (the echo repeats the message): far below the
+    # 5,100 reserved, the rest of which came back.
+    assert 200 <= spent <= 230
+    assert (await drain_session(rt, "acme", "budget")).committed == 0
+    stats = await quotas.limiter.get_window_stats(quotas.tokens, "acme")
+    assert 10_000 - stats.remaining == spent

@@ -3,10 +3,12 @@
 -- KEYS[1] meta   KEYS[2] mailbox   KEYS[3] turns   KEYS[4] turn_index   KEYS[5] history
 -- KEYS[6] events   KEYS[7] lock   KEYS[8] idem (unused when A.fingerprint is "")
 -- A: turn (the queued record, without seq and events_from: the id of its first event), fingerprint (of the request, "" without an
---    Idempotency-Key), idem_ttl_ms, max_pending, existing_only (refuse an unknown
+--    Idempotency-Key), idem_ttl_ms, max_pending, max_history (messages the history may
+--    hold, counting two for each pending message turn), existing_only (refuse an unknown
 --    session), now_ms, session_ttl_ms, events_ttl_ms, channel
 -- Returns {"OK", turn id, seq, lock held (0|1), events_from} | {"REPLAY", turn id}
---       | {"CONFLICT", turn id} | {"FULL", pending count} | {"NOT_FOUND"}
+--       | {"CONFLICT", turn id} | {"FULL", pending count} | {"HISTORY_FULL", messages}
+--       | {"NOT_FOUND"}
 local rec = A.turn
 if A.fingerprint ~= "" then
   local seen = redis.call("GET", KEYS[8])
@@ -25,6 +27,13 @@ end
 local pending = redis.call("LLEN", KEYS[2])
 if pending >= A.max_pending then
   return {"FULL", pending}
+end
+if rec.kind == "message" then
+  -- A clear is always accepted: it is how a full session is emptied.
+  local held = redis.call("LLEN", KEYS[5]) + 2 * pending
+  if held + 2 > A.max_history then
+    return {"HISTORY_FULL", held}
+  end
 end
 
 local seq = redis.call("HINCRBY", KEYS[1], "next_seq", 1)

@@ -1,0 +1,95 @@
+"""API keys: which tenant a presented key acts for. Kept in Redis as digests only.
+
+A key reads ``clk_<id>_<secret>``: the id (12 hex digits) finds its record with one
+``HGET``; the SHA-256 of the whole key is compared with the stored digest in constant
+time. The plain key is shown once, when it is made, and never stored. Revoking marks the
+record, so every API replica refuses the key from its next request on (nothing is
+cached), and a deployment that once had keys never falls back to anonymous access.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from typing import Any
+
+from pydantic import BaseModel
+
+from shared.keys import GlobalKeys
+from shared.store.records import now_ms
+
+KEY_PREFIX = "clk_"
+_KEY = re.compile(r"^clk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
+
+
+class ApiKey(BaseModel):
+    """What is kept of a key: never the key itself."""
+
+    id: str
+    tenant: str
+    name: str = ""
+    digest: str
+    created_at: int
+    revoked_at: int | None = None
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+
+def digest(presented: str) -> str:
+    return hashlib.sha256(presented.encode()).hexdigest()
+
+
+class KeyRing:
+    """The deployment's API keys (one Redis hash, ``GlobalKeys.api_keys``)."""
+
+    def __init__(self, client: Any, prefix: str) -> None:
+        self.client = client
+        self.key = GlobalKeys(prefix).api_keys
+
+    async def create(self, tenant: str, name: str = "") -> tuple[ApiKey, str]:
+        """A new key for ``tenant``: its record and the plain key (shown once)."""
+        key_id = secrets.token_hex(6)
+        plain = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
+        record = ApiKey(
+            id=key_id, tenant=tenant, name=name, digest=digest(plain), created_at=now_ms()
+        )
+        await self.client.hset(self.key, key_id, record.model_dump_json())
+        return record, plain
+
+    async def all(self) -> list[ApiKey]:
+        """Every key ever made (revoked ones too), oldest first."""
+        raw = await self.client.hvals(self.key)
+        keys = [ApiKey.model_validate_json(value) for value in raw]
+        return sorted(keys, key=lambda k: (k.created_at, k.id))
+
+    async def revoke(self, key_id: str) -> ApiKey | None:
+        """Mark the key revoked (idempotent); None when no such key exists."""
+        raw = await self.client.hget(self.key, key_id)
+        if raw is None:
+            return None
+        record = ApiKey.model_validate_json(raw)
+        if not record.revoked:
+            record = record.model_copy(update={"revoked_at": now_ms()})
+            await self.client.hset(self.key, key_id, record.model_dump_json())
+        return record
+
+    async def configured(self) -> bool:
+        """Whether any key was ever made here (revoked keys count: no fallback to open)."""
+        return bool(await self.client.hlen(self.key))
+
+    async def tenant_of(self, presented: str) -> str | None:
+        """The tenant a presented key acts for; None for a malformed, unknown or revoked key."""
+        match = _KEY.fullmatch(presented)
+        if match is None:
+            return None
+        raw = await self.client.hget(self.key, match.group(1))
+        if raw is None:
+            return None
+        record = ApiKey.model_validate_json(raw)
+        if not hmac.compare_digest(record.digest, digest(presented)) or record.revoked:
+            return None
+        return record.tenant
