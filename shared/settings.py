@@ -71,7 +71,7 @@ class Settings(BaseSettings):
     # anyone is the anonymous tenant (only behind something else that authenticates).
     auth: Literal["auto", "keys", "open"] = "auto"
     # Per tenant, over a sliding minute, held in Redis across API replicas; 0 = no limit.
-    rate_requests_per_minute: int = Field(default=60_000, ge=0)
+    rate_requests_per_minute: int = Field(default=600_000, ge=0)
     rate_tokens_per_minute: int = Field(default=10_000_000, ge=0)
     # Tokens a reply is assumed to cost before the model has run (settled afterwards).
     reply_token_estimate: int = Field(default=512, ge=0)
