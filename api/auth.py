@@ -9,14 +9,13 @@ only. Every authenticated request spends one from the tenant's request budget.
 from __future__ import annotations
 
 import ipaddress
-from typing import TYPE_CHECKING
 
 from fastapi import Request
 
+from api.state import AppState
 from shared.errors import NotAuthenticated
 
-if TYPE_CHECKING:
-    from api.deps import AppState
+NO_KEYS_TRUSTED_S = 1.0  # "no key exists yet" is asked again after this long
 
 # Query parameters that look like a credential: refused, so a key never sits in a URL.
 CREDENTIAL_PARAMS = frozenset(
@@ -65,7 +64,7 @@ async def tenant_of(request: Request, state: AppState) -> str:
         return tenant
     if settings.auth == "open":
         return settings.default_tenant
-    if settings.auth == "keys" or await state.keyring.configured():
+    if settings.auth == "keys" or await state.keyring.configured(max_age_s=NO_KEYS_TRUSTED_S):
         raise NotAuthenticated("An API key is required.")
     client = request.client.host if request.client else None
     if is_loopback(client):

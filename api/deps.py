@@ -1,37 +1,15 @@
-"""Per-app state owned by the lifespan, and FastAPI dependencies that hand it to routes."""
+"""FastAPI dependencies: the app's state, the caller's tenant and session, ``?wait=``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 
 from api.auth import authenticate
-from api.metrics import ApiMetrics
-from shared.apikeys import KeyRing
+from api.state import AppState
 from shared.keys import SESSION_ID_MAX, SESSION_ID_PATTERN, TURN_ID_PATTERN, SessionKeys
-from shared.quotas import Quotas
-from shared.settings import Settings
-from shared.store import EventHub, SessionStore
-from shared.store.outbox import Outbox
-from shared.wakeup import WakeUps
-
-
-@dataclass(slots=True)
-class AppState:
-    """Clients the lifespan opened; routes never build their own."""
-
-    settings: Settings
-    store: SessionStore
-    hub: EventHub
-    wake_ups: WakeUps
-    metrics: ApiMetrics
-    outbox: Outbox
-    keyring: KeyRing
-    quotas: Quotas
-    eviction_checked: bool = False
 
 
 async def get_state(request: Request) -> AppState:

@@ -11,10 +11,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import cors, openapi, problems
-from api.deps import AppState
 from api.guards import RequestGuards
 from api.metrics import ApiMetrics, MetricsMiddleware
 from api.routes import events, health, page, sessions, turns, webhooks
+from api.state import AppState
 from shared import heap
 from shared.apikeys import KeyRing
 from shared.errors import ConfigurationError

@@ -6,7 +6,7 @@ import logging
 
 from fastapi import Response
 
-from api.deps import AppState
+from api.state import AppState
 from shared.errors import TooManyWaiters
 from shared.intake import Submitted
 from shared.keys import SessionKeys

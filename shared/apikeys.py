@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import time
 from typing import Any
 
 from pydantic import BaseModel
@@ -49,6 +50,8 @@ class KeyRing:
     def __init__(self, client: Any, prefix: str) -> None:
         self.client = client
         self.key = GlobalKeys(prefix).api_keys
+        self._configured = False
+        self._none_seen_at = -1e9
 
     async def create(self, tenant: str, name: str = "") -> tuple[ApiKey, str]:
         """A new key for ``tenant``: its record and the plain key (shown once)."""
@@ -77,9 +80,20 @@ class KeyRing:
             await self.client.hset(self.key, key_id, record.model_dump_json())
         return record
 
-    async def configured(self) -> bool:
-        """Whether any key was ever made here (revoked keys count: no fallback to open)."""
-        return bool(await self.client.hlen(self.key))
+    async def configured(self, max_age_s: float = 0.0) -> bool:
+        """Whether any key was ever made here (revoked keys count: no fallback to open).
+
+        Once true it stays true (keys are never deleted), so it is asked once; "none yet"
+        is trusted for ``max_age_s`` (a request path asks with 1 s: for that long after
+        the first key is made, a loopback client may still be served anonymously)."""
+        if self._configured:
+            return True
+        if time.monotonic() - self._none_seen_at < max_age_s:
+            return False
+        self._configured = bool(await self.client.hlen(self.key))
+        if not self._configured:
+            self._none_seen_at = time.monotonic()
+        return self._configured
 
     async def tenant_of(self, presented: str) -> str | None:
         """The tenant a presented key acts for; None for a malformed, unknown or revoked key."""

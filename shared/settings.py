@@ -70,9 +70,10 @@ class Settings(BaseSettings):
     # is served to loopback clients only. ``keys``: a key is always required. ``open``:
     # anyone is the anonymous tenant (only behind something else that authenticates).
     auth: Literal["auto", "keys", "open"] = "auto"
-    # Per tenant, over a sliding minute, held in Redis across API replicas; 0 = no limit.
-    rate_requests_per_minute: int = Field(default=600_000, ge=0)
-    rate_tokens_per_minute: int = Field(default=10_000_000, ge=0)
+    # Per tenant, over a sliding minute, held in Redis across API replicas; 0 = no limit
+    # (the default: each budget costs a Redis round trip per request or turn).
+    rate_requests_per_minute: int = Field(default=0, ge=0)
+    rate_tokens_per_minute: int = Field(default=0, ge=0)
     # Tokens a reply is assumed to cost before the model has run (settled afterwards).
     reply_token_estimate: int = Field(default=512, ge=0)
 

@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from api.deps import AppState, Keys, State, TurnId, Wait
+from api.deps import Keys, State, TurnId, Wait
 from api.openapi import (
     HISTORY_FULL,
     IDEMPOTENCY_KEY_REUSED,
@@ -25,6 +25,7 @@ from api.openapi import (
 )
 from api.problems import problem
 from api.schemas import TurnIn, TurnsPage
+from api.state import AppState
 from api.waiting import accepted_turn
 from shared.addresses import TargetRefused, parse
 from shared.intake import submit

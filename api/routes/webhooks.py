@@ -10,9 +10,10 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import AppState, State, Tenant
+from api.deps import State, Tenant
 from api.openapi import NOT_FOUND, WEBHOOK_URL_REFUSED, problems
 from api.problems import problem
+from api.state import AppState
 from shared.addresses import TargetRefused, parse, resolve
 from shared.signing import is_secret, new_secret
 from shared.store.outbox import EVENTS, Delivery, Endpoint, EventName, Secret, rotated

@@ -1,0 +1,28 @@
+"""What the lifespan opens for one app: every client a request may use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from api.metrics import ApiMetrics
+from shared.apikeys import KeyRing
+from shared.quotas import Quotas
+from shared.settings import Settings
+from shared.store import EventHub, SessionStore
+from shared.store.outbox import Outbox
+from shared.wakeup import WakeUps
+
+
+@dataclass(slots=True)
+class AppState:
+    """Clients the lifespan opened; routes never build their own."""
+
+    settings: Settings
+    store: SessionStore
+    hub: EventHub
+    wake_ups: WakeUps
+    metrics: ApiMetrics
+    outbox: Outbox
+    keyring: KeyRing
+    quotas: Quotas
+    eviction_checked: bool = False
