@@ -8,11 +8,10 @@ only. Every authenticated request spends one from the tenant's request budget.
 
 from __future__ import annotations
 
-import ipaddress
-
 from fastapi import Request
 
-from api.state import AppState
+from api.state import AppState, state_of
+from shared.addresses import is_loopback
 from shared.errors import NotAuthenticated
 
 NO_KEYS_TRUSTED_S = 1.0  # "no key exists yet" is asked again after this long
@@ -44,15 +43,6 @@ def presented_key(request: Request) -> str | None:
     return None
 
 
-def is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    try:
-        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
-    except ValueError:
-        return False
-
-
 async def tenant_of(request: Request, state: AppState) -> str:
     """The tenant a request acts for; raises ``NotAuthenticated`` (a 401) otherwise."""
     settings = state.settings
@@ -77,7 +67,7 @@ async def tenant_of(request: Request, state: AppState) -> str:
 
 async def authenticate(request: Request) -> str:
     """The caller's tenant, once its request has been counted against its budget."""
-    state: AppState = request.app.state.chatlane
+    state = state_of(request)
     tenant = await tenant_of(request, state)
     await state.quotas.spend_request(tenant)
     return tenant

@@ -8,13 +8,12 @@ from fastapi import Depends, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 
 from api.auth import authenticate
-from api.state import AppState
+from api.state import AppState, state_of
 from shared.keys import SESSION_ID_MAX, SESSION_ID_PATTERN, TURN_ID_PATTERN, SessionKeys
 
 
 async def get_state(request: Request) -> AppState:
-    state: AppState = request.app.state.chatlane
-    return state
+    return state_of(request)
 
 
 State = Annotated[AppState, Depends(get_state)]

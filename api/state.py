@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from starlette.requests import Request
+
 from api.metrics import ApiMetrics
 from shared.apikeys import KeyRing
 from shared.quotas import Quotas
@@ -26,3 +28,9 @@ class AppState:
     keyring: KeyRing
     quotas: Quotas
     eviction_checked: bool = False
+
+
+def state_of(request: Request) -> AppState:
+    """The state the app's lifespan opened."""
+    state: AppState = request.app.state.chatlane
+    return state

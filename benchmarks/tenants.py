@@ -15,7 +15,6 @@ Each tenant has its own API key; budgets are per tenant.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import http.client
 import json
 import threading
@@ -34,22 +33,16 @@ from benchmarks._support import (
 )
 from benchmarks.streaming import Stub
 from cli.redis_server import ManagedRedis
-from shared.apikeys import KeyRing
-from shared.redis import async_client
+from shared.apikeys import KeyRing, with_ring
 from shared.settings import Settings
 from tests.support.cluster import Cluster
 
 
 def make_keys(settings: Settings, tenants: list[str]) -> dict[str, str]:
-    async def make() -> dict[str, str]:
-        client = async_client(settings.redis_url)
-        try:
-            ring = KeyRing(client, settings.key_prefix)
-            return {t: (await ring.create(t, "benchmark"))[1] for t in tenants}
-        finally:
-            await client.aclose()
+    async def make(ring: KeyRing) -> dict[str, str]:
+        return {t: (await ring.create(t, "benchmark"))[1] for t in tenants}
 
-    return asyncio.run(make())
+    return with_ring(settings.redis_url, settings.key_prefix, make)
 
 
 class Caller:

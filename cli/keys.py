@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -10,9 +9,8 @@ from typing import TypeVar
 
 import click
 
-from shared.apikeys import KeyRing
+from shared.apikeys import KeyRing, with_ring
 from shared.keys import TENANT_ID_PATTERN
-from shared.redis import async_client
 from shared.settings import Settings
 
 T = TypeVar("T")
@@ -20,15 +18,7 @@ T = TypeVar("T")
 
 def _with_ring(action: Callable[[KeyRing], Awaitable[T]]) -> T:
     settings = Settings()
-
-    async def run() -> T:
-        client = async_client(settings.redis_url, name="chatlane-keys")
-        try:
-            return await action(KeyRing(client, settings.key_prefix))
-        finally:
-            await client.aclose()
-
-    return asyncio.run(run())
+    return with_ring(settings.redis_url, settings.key_prefix, action)
 
 
 def _when(ms: int | None) -> str:
@@ -75,9 +65,8 @@ def list_keys() -> None:
 @keys.command()
 @click.argument("key_id")
 def revoke(key_id: str) -> None:
-    """Revoke the key KEY_ID (from `list`); every API replica refuses it from then on."""
-    if key_id.startswith("clk_"):
-        key_id = key_id[4:16]  # the whole key was given: its id is the part after clk_
+    """Revoke the key KEY_ID (from `list`, or the whole key); every API replica refuses it
+    from then on."""
     record = _with_ring(lambda ring: ring.revoke(key_id))
     if record is None:
         raise click.ClickException(f"no key {key_id}")

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import ipaddress
 import os
 import signal
 import socket
@@ -20,8 +18,9 @@ import redis
 from cli.keys import keys
 from cli.redis_server import ManagedRedis, cannot_stand_in, free_port, port_is_free
 from cli.supervise import Child, answers_ready, api_command, stop_all, worker_command
-from shared.apikeys import KeyRing
-from shared.redis import async_client, eviction_problem, masked, probe_client
+from shared.addresses import is_loopback
+from shared.apikeys import with_ring
+from shared.redis import eviction_problem, masked, probe_client
 from shared.settings import Settings
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -64,25 +63,9 @@ def _with_port(url: str, port: int) -> str:
     return urlunsplit(parts._replace(netloc=f"127.0.0.1:{port}"))
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _keys_configured(settings: Settings, url: str) -> bool:
-    async def ask() -> bool:
-        client = async_client(url, name="chatlane-cli")
-        try:
-            return await KeyRing(client, settings.key_prefix).configured()
-        finally:
-            await client.aclose()
-
     try:
-        return asyncio.run(ask())
+        return with_ring(url, settings.key_prefix, lambda ring: ring.configured())
     except Exception:
         return False
 
@@ -90,7 +73,7 @@ def _keys_configured(settings: Settings, url: str) -> bool:
 def open_to_the_network(host: str, settings: Settings, url: str) -> str | None:
     """Why serving on ``host`` would let anyone in (None when it would not): a non-loopback
     address with no API key made and ``CHATLANE_AUTH`` not set to ``open`` or ``keys``."""
-    if _loopback(host) or settings.auth != "auto" or _keys_configured(settings, url):
+    if is_loopback(host) or settings.auth != "auto" or _keys_configured(settings, url):
         return None
     return (
         f"refusing to listen on {host}: no API keys exist, and without keys chatlane serves "

@@ -50,6 +50,18 @@ def embedded(ip: Address) -> Address:
     return ip
 
 
+def is_loopback(host: str | None) -> bool:
+    """Whether ``host`` (``localhost``, or an address, IPv6 zone and all) is this machine."""
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
 def is_public(ip: Address) -> bool:
     """Routable on the Internet: not loopback, private, link-local (cloud metadata),
     shared (CGNAT), multicast, reserved or unspecified."""

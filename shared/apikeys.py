@@ -9,18 +9,22 @@ cached), and a deployment that once had keys never falls back to anonymous acces
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import re
 import secrets
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
 from shared.keys import GlobalKeys
+from shared.redis import async_client
 from shared.store.records import now_ms
 
+T = TypeVar("T")
 KEY_PREFIX = "clk_"
 _KEY = re.compile(r"^clk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 
@@ -38,6 +42,12 @@ class ApiKey(BaseModel):
     @property
     def revoked(self) -> bool:
         return self.revoked_at is not None
+
+
+def key_id(value: str) -> str:
+    """The id of a key given as its id or as the whole key."""
+    match = _KEY.fullmatch(value)
+    return match.group(1) if match else value
 
 
 def digest(presented: str) -> str:
@@ -69,15 +79,16 @@ class KeyRing:
         keys = [ApiKey.model_validate_json(value) for value in raw]
         return sorted(keys, key=lambda k: (k.created_at, k.id))
 
-    async def revoke(self, key_id: str) -> ApiKey | None:
-        """Mark the key revoked (idempotent); None when no such key exists."""
-        raw = await self.client.hget(self.key, key_id)
+    async def revoke(self, key: str) -> ApiKey | None:
+        """Mark the key (its id, or the whole key) revoked, idempotently; None when no such
+        key exists."""
+        raw = await self.client.hget(self.key, key_id(key))
         if raw is None:
             return None
         record = ApiKey.model_validate_json(raw)
         if not record.revoked:
             record = record.model_copy(update={"revoked_at": now_ms()})
-            await self.client.hset(self.key, key_id, record.model_dump_json())
+            await self.client.hset(self.key, record.id, record.model_dump_json())
         return record
 
     async def configured(self, max_age_s: float = 0.0) -> bool:
@@ -97,13 +108,26 @@ class KeyRing:
 
     async def tenant_of(self, presented: str) -> str | None:
         """The tenant a presented key acts for; None for a malformed, unknown or revoked key."""
-        match = _KEY.fullmatch(presented)
-        if match is None:
+        if _KEY.fullmatch(presented) is None:
             return None
-        raw = await self.client.hget(self.key, match.group(1))
+        raw = await self.client.hget(self.key, key_id(presented))
         if raw is None:
             return None
         record = ApiKey.model_validate_json(raw)
         if not hmac.compare_digest(record.digest, digest(presented)) or record.revoked:
             return None
         return record.tenant
+
+
+def with_ring(url: str, prefix: str, action: Callable[[KeyRing], Awaitable[T]]) -> T:
+    """Run ``action`` on the key ring of the Redis at ``url``, on a client of its own, from
+    code that has no event loop (commands, tools, tests)."""
+
+    async def run() -> T:
+        client = async_client(url, name="chatlane-keys")
+        try:
+            return await action(KeyRing(client, prefix))
+        finally:
+            await client.aclose()
+
+    return asyncio.run(run())

@@ -7,7 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.main import create_app
-from shared.apikeys import KeyRing
+from shared.apikeys import with_ring
 from shared.redis import async_client
 from shared.settings import Settings
 from shared.store import Outcome, SessionStore
@@ -56,24 +56,10 @@ def finish_next_turn(
 
 def make_key(settings: Settings, tenant: str) -> str:
     """A new API key for ``tenant`` (made as ``chatlane keys create`` makes one)."""
-
-    async def make() -> str:
-        client = async_client(settings.redis_url)
-        try:
-            _, plain = await KeyRing(client, settings.key_prefix).create(tenant)
-            return plain
-        finally:
-            await client.aclose()
-
-    return asyncio.run(make())
+    _, plain = with_ring(settings.redis_url, settings.key_prefix, lambda r: r.create(tenant))
+    return plain
 
 
 def revoke_key(settings: Settings, plain: str) -> None:
-    async def revoke() -> None:
-        client = async_client(settings.redis_url)
-        try:
-            assert await KeyRing(client, settings.key_prefix).revoke(plain[4:16]) is not None
-        finally:
-            await client.aclose()
-
-    asyncio.run(revoke())
+    revoked = with_ring(settings.redis_url, settings.key_prefix, lambda r: r.revoke(plain))
+    assert revoked is not None

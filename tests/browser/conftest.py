@@ -10,11 +10,14 @@ import re
 import shutil
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
+from tests.conftest import isolated_settings
 from tests.support.cluster import Cluster
 from tests.support.streaming_server import StreamingModelServer, reply_words
 
@@ -157,3 +160,20 @@ def assert_grew_token_by_token(partial: list[str]) -> None:
     growing = [text for text in partial if REPLY.startswith(text) and text != REPLY]
     assert len(growing) >= 3, f"the reply did not grow token by token: {partial}"
     assert growing == sorted(growing, key=len)  # only ever growing
+
+
+@contextmanager
+def page_cluster(
+    redis_url: str, stub: StreamingModelServer, logs: Path, **overrides: Any
+) -> Iterator[Cluster]:
+    """An API and one worker streaming from ``stub``, for a test module's pages."""
+    with isolated_settings(redis_url) as build:
+        settings = build(
+            model="openai:loopback",
+            openai_base_url=stub.base_url,
+            openai_api_key="k",
+            keepalive_s=0.5,
+            **overrides,
+        )
+        with Cluster(settings, logs, workers=1) as running:
+            yield running

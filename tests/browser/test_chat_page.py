@@ -15,12 +15,12 @@ from tests.browser.conftest import (
     SHOWN,
     assert_grew_token_by_token,
     new_conversation,
+    page_cluster,
     say,
     wait_for_turn,
     wait_until_live,
     watch_reply,
 )
-from tests.conftest import isolated_settings
 from tests.support.cluster import Cluster
 from tests.support.streaming_server import StreamingModelServer
 
@@ -36,16 +36,9 @@ def cluster(
     stub: StreamingModelServer,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Cluster]:
-    with isolated_settings(redis_url) as build:
-        settings = build(
-            model="openai:loopback",
-            openai_base_url=stub.base_url,
-            openai_api_key="k",
-            keepalive_s=0.5,
-            max_message_chars=MAX_CHARS,
-        )
-        with Cluster(settings, tmp_path_factory.mktemp("browser"), workers=1) as running:
-            yield running
+    logs = tmp_path_factory.mktemp("browser")
+    with page_cluster(redis_url, stub, logs, max_message_chars=MAX_CHARS) as running:
+        yield running
 
 
 def test_a_reply_streams_in_and_a_reload_shows_every_message_once(page: Page) -> None:

@@ -22,12 +22,12 @@ from tests.browser.conftest import (
     SHOWN,
     assert_grew_token_by_token,
     new_conversation,
+    page_cluster,
     say,
     wait_for_turn,
     wait_until_live,
     watch_reply,
 )
-from tests.conftest import isolated_settings
 from tests.support.cluster import ROOT, Cluster, settings_env
 from tests.support.streaming_server import StreamingModelServer
 
@@ -44,15 +44,8 @@ def cluster(
     stub: StreamingModelServer,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Cluster]:
-    with isolated_settings(redis_url) as build:
-        settings = build(
-            model="openai:loopback",
-            openai_base_url=stub.base_url,
-            openai_api_key="k",
-            keepalive_s=0.5,
-        )
-        with Cluster(settings, tmp_path_factory.mktemp("browser-keys"), workers=1) as running:
-            yield running
+    with page_cluster(redis_url, stub, tmp_path_factory.mktemp("browser-keys")) as running:
+        yield running
 
 
 def new_key(cluster: Cluster, tenant: str) -> str:

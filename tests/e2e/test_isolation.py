@@ -11,9 +11,8 @@ import httpx
 import pytest
 import redis
 
-from shared.apikeys import KeyRing
+from shared.apikeys import KeyRing, with_ring
 from shared.keys import SessionKeys
-from shared.redis import async_client
 from tests.support.checker import Observation, check, message_for
 from tests.support.cluster import Cluster
 from tests.support.openai_server import ModelServer
@@ -162,15 +161,10 @@ def test_the_same_session_ids_in_two_tenants_stay_two_sets_of_conversations(
     tenants = ("acme", "globex")
     sids = [f"shared-{i:02d}" for i in range(30)]
 
-    async def make_keys() -> dict[str, str]:
-        client = async_client(settings.redis_url)
-        try:
-            ring = KeyRing(client, settings.key_prefix)
-            return {t: (await ring.create(t))[1] for t in tenants}
-        finally:
-            await client.aclose()
+    async def make_keys(ring: KeyRing) -> dict[str, str]:
+        return {t: (await ring.create(t))[1] for t in tenants}
 
-    keys = asyncio.run(make_keys())
+    keys = with_ring(settings.redis_url, settings.key_prefix, make_keys)
     labels = {(t, s): f"{t}.{s}" for t in tenants for s in sids}  # the checker's session names
     sent: dict[str, list[str]] = {label: [] for label in labels.values()}
     statuses: dict[str, str] = {}
