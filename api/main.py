@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from api import cors, openapi, problems
 from api.guards import RequestGuards
 from api.metrics import ApiMetrics, MetricsMiddleware
-from api.routes import events, health, page, sessions, turns, webhooks
+from api.routes import defaults, events, health, page, sessions, turns, webhooks
 from api.state import AppState
 from shared import heap
 from shared.apikeys import KeyRing
@@ -22,6 +22,7 @@ from shared.quotas import Quotas
 from shared.redis import async_client, check_eviction_policy, pubsub_client
 from shared.settings import Settings
 from shared.store import EventHub, SessionStore
+from shared.store.defaults import TenantDefaults
 from shared.store.outbox import Outbox
 from shared.wakeup import open_wake_ups
 
@@ -93,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                         outbox=Outbox(store),
                         keyring=KeyRing(client, settings.key_prefix),
                         quotas=Quotas(client, settings),
+                        defaults=TenantDefaults(client, settings.key_prefix),
                         eviction_checked=checked,
                     )
                     await announce_access(app.state.chatlane)
@@ -129,6 +131,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(sessions.router)
     app.include_router(events.router)
     app.include_router(webhooks.router)
+    app.include_router(defaults.router)
     app.include_router(health.router)
     app.include_router(page.router)
     openapi.install(app, settings)

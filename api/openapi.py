@@ -150,6 +150,17 @@ IDEMPOTENCY_KEY_REUSED = Answer(
     "the `Idempotency-Key` was used before with a different body (`turn_id` names the "
     "turn it was used for).",
 )
+SESSION_ACTIVE = Answer(
+    409,
+    ("session-active",),
+    "strategy `reject`, and the session has a queued or running turn (`turn_id`).",
+    ("Retry-After",),
+)
+TURN_FINISHED = Answer(
+    409,
+    ("turn-finished",),
+    "the turn had already finished (`turn_status`): it was left as it was.",
+)
 MAILBOX_FULL = Answer(
     429, ("mailbox-full",), "the session has too many pending turns.", ("Retry-After",)
 )

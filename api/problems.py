@@ -21,6 +21,7 @@ from shared.errors import (
     MailboxFull,
     NotAuthenticated,
     RateLimited,
+    SessionActive,
     SessionNotFound,
     TooManyWaiters,
     TurnNotFound,
@@ -220,6 +221,19 @@ def _full(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def _session_active(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, SessionActive)
+    return problem(
+        409,
+        "Session busy",
+        "The message's strategy is reject and the session has a queued or running turn "
+        "(turn_id); send it again once that turn has finished.",
+        kind="session-active",
+        headers={"Retry-After": "1"},
+        turn_id=exc.turn_id,
+    )
+
+
 def _not_authenticated(request: Request, exc: Exception) -> JSONResponse:
     return problem(
         401,
@@ -279,6 +293,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(IdempotencyConflict, _conflict)
     app.add_exception_handler(MailboxFull, _full)
     app.add_exception_handler(HistoryFull, _history_full)
+    app.add_exception_handler(SessionActive, _session_active)
     app.add_exception_handler(NotAuthenticated, _not_authenticated)
     app.add_exception_handler(RateLimited, _rate_limited)
     app.add_exception_handler(redis.exceptions.ConnectionError, _unavailable)

@@ -9,7 +9,24 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
 from api.problems import MAX_DETAIL, MAX_LISTED_ERRORS, MAX_LOC_PARTS, MAX_TEXT
+from shared.settings import Strategy
 from shared.store import Turn
+
+MAX_DEBOUNCE_S = 60.0
+STRATEGY_DOC = (
+    "Double texting: what this message does to the session's queued and running turns. "
+    "`enqueue`: it waits its turn. `reject`: refused (`409 session-active`) while one "
+    "is pending. `interrupt`: they are cancelled (their messages stay in history) and "
+    "this one runs. `rollback`: they are cancelled and their messages dropped. "
+    "`coalesce`: it joins the last one, and one model call answers them all (after "
+    "`debounce_s` without a newer message). Unset: the session's default, else the "
+    "tenant's, else the deployment's."
+)
+
+
+def _optional(schema: dict[str, Any]) -> None:
+    """An optional member is left out, never null: no ``default: null`` in the schema."""
+    schema.pop("default", None)
 
 
 class TurnIn(BaseModel):
@@ -23,8 +40,31 @@ class TurnIn(BaseModel):
         max_length=2048,
         description=(
             "An http(s) URL that is sent the finished turn (`turn.completed` / "
-            "`turn.failed`), signed per Standard Webhooks with the tenant's signing secret."
+            "`turn.failed` / `turn.cancelled`), signed per Standard Webhooks with the "
+            "tenant's signing secret."
         ),
+    )
+    strategy: Strategy | SkipJsonSchema[None] = Field(
+        default=None, description=STRATEGY_DOC, json_schema_extra=_optional
+    )
+    debounce_s: Annotated[float, Field(ge=0, le=MAX_DEBOUNCE_S)] | SkipJsonSchema[None] = Field(
+        default=None,
+        description=(
+            "`coalesce`: how long to wait for a newer message before answering, in seconds."
+        ),
+        json_schema_extra=_optional,
+    )
+
+
+class Defaults(BaseModel):
+    """Double-texting defaults of a session or a tenant; a member left out (or null) is
+    not chosen here, and the next level's applies."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    strategy: Strategy | None = Field(default=None, description=STRATEGY_DOC)
+    debounce_s: Annotated[float, Field(ge=0, le=MAX_DEBOUNCE_S)] | None = Field(
+        default=None, description="`coalesce`'s wait for a newer message, in seconds."
     )
 
 
@@ -66,11 +106,6 @@ class FieldError(BaseModel):
         max_length=MAX_TEXT,
         description="A machine-readable reason, e.g. `missing`, `string_too_short`.",
     )
-
-
-def _optional(schema: dict[str, Any]) -> None:
-    """An optional member is left out, never null: no ``default: null`` in the schema."""
-    schema.pop("default", None)
 
 
 class Problem(BaseModel):
@@ -117,7 +152,15 @@ class Problem(BaseModel):
     )
     turn_id: str | SkipJsonSchema[None] = Field(
         default=None,
-        description="`idempotency-key-reused`: the turn the key was first used for.",
+        description=(
+            "`idempotency-key-reused`: the turn the key was first used for; "
+            "`session-active`: the pending turn; `turn-finished`: the turn."
+        ),
+        json_schema_extra=_optional,
+    )
+    turn_status: str | SkipJsonSchema[None] = Field(
+        default=None,
+        description="`turn-finished`: the status the turn finished with.",
         json_schema_extra=_optional,
     )
     checks: dict[str, str] | SkipJsonSchema[None] = Field(

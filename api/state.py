@@ -11,6 +11,7 @@ from shared.apikeys import KeyRing
 from shared.quotas import Quotas
 from shared.settings import Settings
 from shared.store import EventHub, SessionStore
+from shared.store.defaults import TenantDefaults
 from shared.store.outbox import Outbox
 from shared.wakeup import WakeUps
 
@@ -27,6 +28,7 @@ class AppState:
     outbox: Outbox
     keyring: KeyRing
     quotas: Quotas
+    defaults: TenantDefaults
     eviction_checked: bool = False
 
 

@@ -80,8 +80,8 @@ async def _stages(url: str, *, turns: int, sessions: int, tag: str) -> dict[str,
             assert head is not None
             async with rt.heartbeat.keep(lease):
                 outcome = await timed("run_turn", run_turn(rt, lease, head))
-                await timed("commit", store.commit(keys, lease.token, head.turn, outcome))
-            prompt = build_prompt(settings, head.history, "hello", head.turn.id)
+                await timed("commit", store.commit(keys, lease.token, head, outcome))
+            prompt = build_prompt(settings, head.history, [("hello", head.turn.id)])
             await timed(
                 "call_model",
                 call_model(
@@ -105,7 +105,7 @@ def measure_streaming(words: int, calls: int) -> dict[str, float]:
 async def _streaming(words: int, calls: int) -> dict[str, float]:
     settings = Settings()
     model = ModelSource(settings).get()
-    prompt = build_prompt(settings, [], " ".join(["word"] * words), "turn_0")
+    prompt = build_prompt(settings, [], [(" ".join(["word"] * words), "turn_0")])
     loop = asyncio.get_running_loop()
     batches = []
     for _ in range(6):  # the first batch warms up and is dropped

@@ -4,6 +4,7 @@ ChatlaneError
 ├── ConfigurationError     chatlane must not run like this; the message says what to change
 ├── SessionBusy            another worker holds the session lock (not an error for a drain)
 ├── LockLost               this worker held the lock and lost it (lease expired or taken)
+├── TurnStopped            the running attempt was made void (a cancel, a double text)
 ├── CommitRejected         the commit script wrote nothing; ``.reason`` says why
 ├── NotFound
 │   ├── SessionNotFound    no such session (never used, or expired)
@@ -11,6 +12,7 @@ ChatlaneError
 ├── AcceptRejected         nothing was written
 │   ├── IdempotencyConflict  the key was used before with a different request
 │   ├── MailboxFull          too many pending turns in the session
+│   ├── SessionActive        a ``reject`` double text while a turn is queued or running
 │   └── HistoryFull          the session's history is at its size limit
 ├── RateLimited            the tenant spent its budget for now; ``.retry_after_s``
 ├── NotAuthenticated       no valid API key (or anonymous access is not allowed here)
@@ -41,8 +43,14 @@ class LockLost(ChatlaneError):
     """The lock this worker held expired or was taken over; it must not write."""
 
 
+class TurnStopped(ChatlaneError):
+    """The attempt this worker runs was made void (its turn was cancelled, or a message
+    joined its coalesced group): stop the model call, write nothing, begin again."""
+
+
 class CommitRejected(ChatlaneError):
-    """The fenced commit refused to write (``NOT_OWNER``, ``DUPLICATE`` or ``OUT_OF_ORDER``)."""
+    """The fenced commit refused to write (``NOT_OWNER``, ``STOPPED``, ``DUPLICATE`` or
+    ``OUT_OF_ORDER``)."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -93,6 +101,15 @@ class NotAuthenticated(ChatlaneError):
 
 class MailboxFull(AcceptRejected):
     """The session already has the maximum number of pending turns."""
+
+
+class SessionActive(AcceptRejected):
+    """The message's strategy is ``reject`` and the session has a queued or running turn
+    (``turn_id``)."""
+
+    def __init__(self, turn_id: str) -> None:
+        super().__init__(turn_id)
+        self.turn_id = turn_id
 
 
 class TooManyWaiters(ChatlaneError):

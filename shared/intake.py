@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from shared.keys import SessionKeys
-from shared.store import Accepted, SessionStore
+from shared.settings import Strategy
+from shared.store import Accepted, SessionStore, TurnDefaults
 from shared.wakeup import WakeUps
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,10 @@ async def submit(
     idempotency_key: str | None = None,
     existing_only: bool = False,
     webhook: str | None = None,
+    strategy: Strategy | None = None,
+    debounce_s: float | None = None,
+    defaults: TurnDefaults | None = None,
+    announce_cancel: bool = False,
 ) -> Submitted:
     """Accept a turn and wake a worker unless one already holds the session.
 
@@ -49,6 +54,10 @@ async def submit(
         idempotency_key=idempotency_key,
         existing_only=existing_only,
         webhook=webhook,
+        strategy=strategy,
+        debounce_s=debounce_s,
+        defaults=defaults,
+        announce_cancel=announce_cancel,
     )
     if accepted.lock_held:
         return Submitted(accepted, None)

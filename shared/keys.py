@@ -48,8 +48,11 @@ class SessionKeys:
 
     @property
     def meta(self) -> str:
-        """Hash: ``next_seq`` (last handed out), ``done_seq`` (last finished),
-        ``created_at`` / ``updated_at`` (ms), ``rewakes`` (the sweeper's backoff)."""
+        """Hash: ``next_seq`` (last handed out), ``done_seq`` (last committed),
+        ``finished`` (turns that reached a terminal status), ``created_at`` /
+        ``updated_at`` (ms), ``rewakes`` (the sweeper's backoff), ``stops`` (the stop
+        generation: bumped whenever a running attempt is made void), ``strategy`` /
+        ``debounce_ms`` (the session's double-texting defaults)."""
         return f"{self.tag}:meta"
 
     @property
@@ -110,6 +113,17 @@ class GlobalKeys:
     def active(self) -> str:
         """Sorted set: ``tenant:session`` members scored by last acceptance (ms)."""
         return f"{self.prefix}:active"
+
+    @property
+    def control(self) -> str:
+        """Pub/sub channel (not a key) telling workers that a running attempt was stopped:
+        ``<tenant>:<session> <stop generation>``."""
+        return f"{self.prefix}:control"
+
+    @property
+    def tenant_defaults(self) -> str:
+        """Hash: tenant -> its defaults for new turns (double texting) as JSON."""
+        return f"{self.prefix}:tenants"
 
     @property
     def sweeper(self) -> str:

@@ -46,9 +46,11 @@ class Quotas:
         self.requests = RateLimitItemPerMinute(max(settings.rate_requests_per_minute, 1))
         self.tokens = RateLimitItemPerMinute(max(settings.rate_tokens_per_minute, 1))
 
-    def turn_estimate(self, content: str) -> int:
-        """Tokens reserved for a turn with this message before its model call."""
-        return estimate_tokens(content) + self.settings.reply_token_estimate
+    def turn_estimate(self, content: str | int) -> int:
+        """Tokens reserved for a turn with this message (or a message this many
+        characters long) before its model call."""
+        chars = content if isinstance(content, int) else len(content)
+        return math.ceil(chars / CHARS_PER_TOKEN) + self.settings.reply_token_estimate
 
     async def spend_request(self, tenant: str) -> None:
         """Count one request; raises ``RateLimited`` (counting nothing) when over budget."""

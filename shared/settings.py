@@ -9,6 +9,8 @@ from typing import Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+Strategy = Literal["enqueue", "reject", "interrupt", "rollback", "coalesce"]
+
 
 class Settings(BaseSettings):
     """Every knob of chatlane, read once at the process edge (``CHATLANE_`` prefix).
@@ -76,6 +78,14 @@ class Settings(BaseSettings):
     rate_tokens_per_minute: int = Field(default=0, ge=0)
     # Tokens a reply is assumed to cost before the model has run (settled afterwards).
     reply_token_estimate: int = Field(default=512, ge=0)
+
+    # Double texting: what a message does to its session's queued and running turns
+    # unless the request, the session or the tenant chose (enqueue, reject, interrupt,
+    # rollback, coalesce); how long coalesce waits for more after the last message; how
+    # many turns one coalesced model call answers at most.
+    double_texting: Strategy = "enqueue"
+    coalesce_debounce_s: float = Field(default=0.0, ge=0, le=60)
+    max_coalesced_turns: int = Field(default=50, ge=1, le=1000)
 
     worker_concurrency: int = Field(default=1000, ge=1)
 

@@ -22,12 +22,13 @@ from typing import Any, TypeVar
 from shared import heap
 from shared.errors import ConfigurationError
 from shared.quotas import Quotas
-from shared.redis import async_client, check_eviction_policy, masked
+from shared.redis import async_client, check_eviction_policy, masked, pubsub_client
 from shared.settings import Settings
-from shared.store import DeltaBatcher, Heartbeat, SessionStore
+from shared.store import DeltaBatcher, EventHub, Heartbeat, SessionStore
 from shared.store.outbox import Outbox
 from shared.wakeup import open_wake_ups
 from worker.model import ModelSource
+from worker.stops import follow_stops
 from worker.sweeper import run_sweeper
 from worker.turn import Runtime, drain_session
 from worker.webhooks import WebhookSender
@@ -139,8 +140,11 @@ class Engine:
             name="chatlane-worker",
             bounded=True,
         )
+        hub_client = pubsub_client(settings.redis_url, name="chatlane-worker-stops")
+        hub = EventHub(hub_client, max_watchers=4)
         try:
             await _wait_for_redis(client, settings)
+            await hub.start()
             store = SessionStore(client, settings)
             heartbeat = Heartbeat(store)
             deltas = DeltaBatcher(store, flush_s=settings.stream_flush_s)
@@ -150,6 +154,10 @@ class Engine:
                 tasks = [
                     asyncio.create_task(sender.run(), name="chatlane-webhooks"),
                     asyncio.create_task(heartbeat.run(), name="chatlane-heartbeat"),
+                    asyncio.create_task(
+                        follow_stops(hub, store.globals.control, heartbeat),
+                        name="chatlane-stops",
+                    ),
                     asyncio.create_task(deltas.run(), name="chatlane-deltas"),
                     asyncio.create_task(
                         run_sweeper(store, wake_ups, heartbeat.held), name="chatlane-sweeper"
@@ -176,6 +184,8 @@ class Engine:
                     task.cancel()
                 await asyncio.gather(*self._draining, *tasks, return_exceptions=True)
         finally:
+            await hub.close()
+            await hub_client.aclose()
             await models.aclose()
             await client.aclose()
 

@@ -16,10 +16,26 @@ from typing import Any, Literal
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from redis.exceptions import RedisError
 
-from shared.errors import CommitRejected, LockLost, ModelGaveUp, ModelUnavailable, SessionBusy
+from shared.errors import (
+    CommitRejected,
+    LockLost,
+    ModelGaveUp,
+    ModelUnavailable,
+    SessionBusy,
+    TurnStopped,
+)
 from shared.quotas import CHARS_PER_TOKEN, Quotas, estimate_tokens
 from shared.settings import Settings
-from shared.store import DeltaBatcher, Head, Heartbeat, Lease, Outcome, SessionStore, Turn
+from shared.store import (
+    Debounce,
+    DeltaBatcher,
+    Head,
+    Heartbeat,
+    Lease,
+    Outcome,
+    SessionStore,
+    Turn,
+)
 from shared.store import history as docs
 from shared.store.outbox import EventName, Outbox
 from worker.model import ModelSource, call_model
@@ -52,42 +68,60 @@ class DrainReport:
     committed: int = 0
     busy: bool = False
     lost_lock: bool = False
+    stopped: int = 0
+    """Attempts made void while they ran (a cancel, a double text): their model calls
+    were aborted and nothing of them was written."""
 
 
 async def drain_session(rt: Runtime, tenant: str, session: str) -> DrainReport:
     """Run the session's pending turns until its mailbox is empty or the lock is lost.
 
     Returns at once when another worker holds the lock (that worker drains). Exactly
-    one commit per turn can succeed; any other outcome writes nothing.
+    one commit per turn can succeed; any other outcome writes nothing. A coalesced group
+    still inside its debounce window is waited for here, holding the lock (so messages
+    that arrive meanwhile need no wake-up); an attempt that is stopped (its turn was
+    cancelled, or a message joined its group) is abandoned and the mailbox read again.
     """
     store = rt.store
     keys = store.keys(tenant, session)
     lease = Lease(store, keys)
-    try:
-        head = await store.begin(keys, lease.token)
-    except SessionBusy:
-        return DrainReport(busy=True)
-    committed = 0
+    committed = stopped = 0
     refused: str | None = None
     async with rt.heartbeat.keep(lease):
         try:
+            head = await store.begin(keys, lease.token)
             while head is not None:
-                outcome = await run_turn(rt, lease, head)
+                if isinstance(head, Debounce):
+                    await asyncio.sleep(head.wait_s)
+                    lease.check()
+                    head = await store.begin(keys, lease.token)
+                    continue
+                lease.renewed(head.generation)
+                try:
+                    outcome = await run_turn(rt, lease, head)
+                except TurnStopped:
+                    stopped += 1
+                    head = await store.begin(keys, lease.token)
+                    continue
                 webhook = await webhook_event(rt, keys.tenant, head.turn, outcome)
                 try:
-                    released = await store.commit(
-                        keys, lease.token, head.turn, outcome, webhook=webhook
-                    )
+                    released = await store.commit(keys, lease.token, head, outcome, webhook=webhook)
                 except CommitRejected as rejected:
                     log.warning("commit of %s refused: %s", head.turn.id, rejected.reason)
-                    if rejected.reason == "NOT_OWNER" or refused == head.turn.id:
+                    if rejected.reason == "STOPPED":
+                        stopped += 1
+                        released = False
+                    elif rejected.reason == "NOT_OWNER" or refused == head.turn.id:
                         # Lost the lock, or the same head refused twice: leave the session
                         # to the sweeper and a fresh worker rather than spin on it.
                         await lease.release(force=True)
-                        return DrainReport(committed, lost_lock=rejected.reason == "NOT_OWNER")
-                    refused, released = head.turn.id, False  # read the head again
+                        return DrainReport(
+                            committed, lost_lock=rejected.reason == "NOT_OWNER", stopped=stopped
+                        )
+                    else:
+                        refused, released = head.turn.id, False  # read the head again
                 else:
-                    committed += 1
+                    committed += len(head.group)
                     await settle_tokens(rt, keys.tenant, head, outcome)
                     if webhook:
                         await rt.outbox.note(keys)
@@ -95,35 +129,37 @@ async def drain_session(rt: Runtime, tenant: str, session: str) -> DrainReport:
                 if released:
                     break
                 head = await store.begin(keys, lease.token)
-                lease.renewed()
-        except (LockLost, SessionBusy):
-            return DrainReport(committed, lost_lock=True)
+        except SessionBusy:
+            return DrainReport(committed, busy=committed == 0 and stopped == 0, stopped=stopped)
+        except LockLost:
+            return DrainReport(committed, lost_lock=True, stopped=stopped)
         except BaseException:
             # Let another worker (or the sweeper) take over at once, not after the lease.
             with suppress(Exception):
                 await asyncio.shield(lease.release(force=True))
             raise
-    return DrainReport(committed)
+    return DrainReport(committed, stopped=stopped)
 
 
 async def run_turn(rt: Runtime, lease: Lease, head: Head) -> Outcome:
-    """The outcome of one turn. Every failure of the model (or of building it) becomes a
-    ``failed`` outcome with a reason; only a lost lock (``LockLost``) and Redis errors
-    propagate, and then nothing is committed."""
+    """The outcome of one turn (and the coalesced turns its model call also answers).
+    Every failure of the model (or of building it) becomes a ``failed`` outcome with a
+    reason; only a lost lock (``LockLost``), a stopped attempt (``TurnStopped``) and Redis
+    errors propagate, and then nothing is committed."""
     turn = head.turn
     if turn.kind == "clear":
         return Outcome(status="completed")
     settings = rt.settings
-    if turn.attempt > settings.max_turn_attempts:
+    if turn.attempt - turn.restarts > settings.max_turn_attempts:
         # Earlier attempts died with their worker (crash, OOM, kill): do not try forever.
         message = f"the turn was started {turn.attempt - 1} times without finishing"
         return _failed("attempts_exhausted", message)
-    content = (turn.input or {}).get("content", "")
+    said = [((t.input or {}).get("content", ""), t.id) for t in head.group]
     writer = rt.deltas.writer(lease, turn.id, turn.attempt)
     deadline = asyncio.get_running_loop().time() + settings.turn_deadline_s
     try:
         model = rt.models.get()
-        prompt = build_prompt(settings, head.history, content, turn.id)
+        prompt = build_prompt(settings, head.history, said)
         with lease.guard():
             reply = await call_model(
                 model,
@@ -133,7 +169,7 @@ async def run_turn(rt: Runtime, lease: Lease, head: Head) -> Outcome:
                 on_delta=writer.write,
                 on_retry=writer.retry,
             )
-    except (LockLost, RedisError):
+    except (LockLost, TurnStopped, RedisError):
         raise
     except ModelGaveUp as gave_up:
         return _failed(gave_up.code, str(gave_up))
@@ -148,7 +184,7 @@ async def run_turn(rt: Runtime, lease: Lease, head: Head) -> Outcome:
         status="completed",
         output={"content": reply},
         messages=(
-            docs.user_doc(content, turn_id=turn.id),
+            *(docs.user_doc(content, turn_id=turn_id) for content, turn_id in said),
             docs.assistant_doc(reply, turn_id=turn.id),
         ),
         tail=tail,
@@ -169,25 +205,26 @@ async def webhook_event(
 
 
 async def settle_tokens(rt: Runtime, tenant: str, head: Head, outcome: Outcome) -> None:
-    """Correct the tenant's token budget by what the committed turn cost, once per turn.
+    """Correct the tenant's token budget by what the committed turn (with its coalesced
+    group) cost, once per model call.
 
-    The reservation made at accept is re-derived from the message; the cost is estimated
-    from the characters the model read (history and message) and wrote."""
-    turn = head.turn
-    if turn.kind != "message":
+    The reservations made at accept are re-derived from the messages; the cost is
+    estimated from the characters the model read (history and messages) and wrote."""
+    if head.turn.kind != "message":
         return
-    content = (turn.input or {}).get("content", "")
+    contents = [(t.input or {}).get("content", "") for t in head.group]
     reply = (outcome.output or {}).get("content", "")
     read = sum(len(str(m.get("data", {}).get("content", ""))) for m in head.history)
     actual = (
         estimate_tokens(rt.settings.system_prompt)
-        + estimate_tokens(content)
+        + sum(estimate_tokens(c) for c in contents)
         + (estimate_tokens(reply) + read // CHARS_PER_TOKEN if outcome.status == "completed" else 0)
     )
+    reserved = sum(rt.quotas.turn_estimate(c) for c in contents)
     try:
-        await rt.quotas.settle_tokens(tenant, rt.quotas.turn_estimate(content), actual)
+        await rt.quotas.settle_tokens(tenant, reserved, actual)
     except RedisError:
-        log.warning("token budget of %s not settled for %s", tenant, turn.id, exc_info=True)
+        log.warning("token budget of %s not settled for %s", tenant, head.turn.id, exc_info=True)
 
 
 def _failed(code: str, message: str) -> Outcome:
@@ -195,13 +232,14 @@ def _failed(code: str, message: str) -> Outcome:
 
 
 def build_prompt(
-    settings: Settings, window: list[dict[str, Any]], content: str, turn_id: str
+    settings: Settings, window: list[dict[str, Any]], said: list[tuple[str, str]]
 ) -> list[BaseMessage]:
     """System prompt, then the session's history window (never starting mid-exchange),
-    then this turn's user message."""
+    then this turn's user messages (``(content, turn id)``, more than one when
+    coalesced), in order."""
     messages: list[BaseMessage] = []
     if settings.system_prompt:
         messages.append(SystemMessage(content=settings.system_prompt))
     messages.extend(docs.to_messages(docs.trim_to_pairs(window)))
-    messages.append(HumanMessage(content=content, id=f"{turn_id}:user"))
+    messages.extend(HumanMessage(content=c, id=f"{turn_id}:user") for c, turn_id in said)
     return messages

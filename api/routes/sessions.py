@@ -1,4 +1,4 @@
-"""``/v1/sessions/{session_id}``: the session, its history, and clearing it."""
+"""``/v1/sessions/{session_id}``: the session, its history, its defaults, and clearing it."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from fastapi import APIRouter, Query, Response
 
 from api.deps import Keys, State, Wait
 from api.openapi import MAILBOX_FULL, SESSION_NOT_FOUND, problems, turn_answer
-from api.schemas import Message, MessagesPage
+from api.schemas import Defaults, Message, MessagesPage
 from api.waiting import accepted_turn
 from shared.intake import submit
-from shared.store import Session, Turn
+from shared.store import Session, Turn, TurnDefaults
 
 router = APIRouter(prefix="/v1/sessions/{session_id}", tags=["sessions"])
 
@@ -62,3 +62,12 @@ async def clear_session(keys: Keys, state: State, response: Response, wait: Wait
     """
     submitted = await submit(state.store, state.wake_ups, keys, kind="clear", existing_only=True)
     return await accepted_turn(state, keys, submitted, wait, response)
+
+
+@router.put("/defaults", response_model=Session)
+async def set_session_defaults(keys: Keys, state: State, body: Defaults) -> Session:
+    """Set the session's double-texting defaults: they apply to its turns that do not
+    choose (a member left out or null falls back to the tenant's, then the
+    deployment's). Creates the session if it was never used."""
+    await state.store.set_defaults(keys, TurnDefaults(body.strategy, body.debounce_s))
+    return await state.store.read_session(keys)

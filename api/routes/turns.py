@@ -1,4 +1,4 @@
-"""``/v1/sessions/{session_id}/turns``: accept a turn, read a turn, list turns."""
+"""``/v1/sessions/{session_id}/turns``: accept, read, list and cancel turns."""
 
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ from api.openapi import (
     IDEMPOTENCY_KEY_REUSED,
     MAILBOX_FULL,
     MESSAGE_TOO_LONG,
+    SESSION_ACTIVE,
     SESSION_NOT_FOUND,
     TOO_MANY_WAITERS,
+    TURN_FINISHED,
     TURN_NOT_FOUND,
     WEBHOOK_URL_REFUSED,
     problems,
@@ -29,6 +31,7 @@ from api.state import AppState
 from api.waiting import accepted_turn
 from shared.addresses import TargetRefused, parse
 from shared.intake import submit
+from shared.keys import SessionKeys
 from shared.store import Turn, wait_for_turn
 
 router = APIRouter(prefix="/v1/sessions/{session_id}/turns", tags=["turns"])
@@ -60,6 +63,7 @@ async def turn_body(request: Request) -> TurnIn:
             MESSAGE_TOO_LONG,
             WEBHOOK_URL_REFUSED,
             IDEMPOTENCY_KEY_REUSED,
+            SESSION_ACTIVE,
             MAILBOX_FULL,
         ),
     },
@@ -93,6 +97,8 @@ async def create_turn(
         except TargetRefused as refused:
             return problem(422, "Webhook URL refused", str(refused), kind="webhook-url-refused")
         await state.outbox.signing_secrets(keys.tenant, create=True)
+    defaults = await state.defaults.get(keys.tenant)
+    announce = await state.outbox.subscribed(keys.tenant, "turn.cancelled")
     estimate = state.quotas.turn_estimate(body.content)
     await state.quotas.reserve_tokens(keys.tenant, estimate)
     try:
@@ -103,19 +109,65 @@ async def create_turn(
             input_doc={"content": body.content},
             idempotency_key=idempotency_key,
             webhook=body.webhook,
+            strategy=body.strategy,
+            debounce_s=body.debounce_s,
+            defaults=defaults,
+            announce_cancel=announce,
         )
     except BaseException:
         await refund(state, keys.tenant, estimate)
         raise
-    if submitted.accepted.replayed:
+    accepted = submitted.accepted
+    if accepted.replayed:
         await refund(state, keys.tenant, estimate)
+    if accepted.cancelled:  # their reservations go back; their webhook events are due
+        for _, chars in accepted.cancelled:
+            await refund(state, keys.tenant, state.quotas.turn_estimate(chars))
+        await note_outbox(state, keys)
     return await accepted_turn(state, keys, submitted, wait, response)
 
 
 async def refund(state: AppState, tenant: str, estimate: int) -> None:
-    """Give back a reservation for a turn that was not queued (or was queued before)."""
+    """Give back a reservation for a turn that was not queued (or was queued before, or
+    was cancelled before its model call could be counted)."""
     with suppress(RedisError):
         await state.quotas.settle_tokens(tenant, estimate, 0)
+
+
+async def note_outbox(state: AppState, keys: SessionKeys) -> None:
+    """A script may have written webhook events (``turn.cancelled``): have a sender look
+    (the sweeper would find them too, a sweep later)."""
+    with suppress(RedisError):
+        await state.outbox.note(keys)
+
+
+@router.post(
+    "/{turn_id}/cancel",
+    response_model=Turn,
+    responses=problems(TURN_NOT_FOUND, TURN_FINISHED),
+)
+async def cancel_turn(keys: Keys, turn_id: TurnId, state: State) -> Turn | Response:
+    """Cancel a queued or running turn: nothing of it is kept (its message does not
+    enter history), and the session's next turn runs at once. A running turn's model
+    call is stopped within a second. Repeating the call answers the same; a turn that
+    had already completed or failed is left as it was (``409 turn-finished``)."""
+    announce = await state.outbox.subscribed(keys.tenant, "turn.cancelled")
+    cancelled = await state.store.cancel(keys, turn_id, announce=announce)
+    turn = cancelled.turn
+    if cancelled.changed:
+        content = (turn.input or {}).get("content", "")
+        await refund(state, keys.tenant, state.quotas.turn_estimate(content))
+        await note_outbox(state, keys)
+    elif turn.status != "cancelled":
+        return problem(
+            409,
+            "Turn already finished",
+            f"The turn had already {turn.status}; it was left as it was.",
+            kind="turn-finished",
+            turn_id=turn.id,
+            turn_status=turn.status,
+        )
+    return turn
 
 
 @router.get("", response_model=TurnsPage, responses=problems(SESSION_NOT_FOUND))

@@ -10,12 +10,23 @@ typed turn record, events, sessions).
 from shared.store.deltas import DeltaBatcher, DeltaWriter
 from shared.store.lease import Heartbeat, Lease
 from shared.store.records import Event, Session, Turn, TurnError, TurnOutput
-from shared.store.store import Accepted, Head, Outcome, Page, SessionStore
+from shared.store.store import (
+    Accepted,
+    Cancelled,
+    Debounce,
+    Head,
+    Outcome,
+    Page,
+    SessionStore,
+    TurnDefaults,
+)
 from shared.store.sweep import Sweep
 from shared.store.waiting import EventHub, Watcher, wait_for_turn
 
 __all__ = [
     "Accepted",
+    "Cancelled",
+    "Debounce",
     "DeltaBatcher",
     "DeltaWriter",
     "Event",
@@ -29,6 +40,7 @@ __all__ = [
     "SessionStore",
     "Sweep",
     "Turn",
+    "TurnDefaults",
     "TurnError",
     "TurnOutput",
     "Watcher",

@@ -4,8 +4,8 @@ Every turn a process runs writes its streamed text into a ``DeltaWriter``; one
 ``DeltaBatcher`` per process appends what all of them buffered, one ``delta`` event per
 turn, in a single pipelined round trip every ``flush_s`` (sooner when a turn has
 ``TURN_BYTES`` waiting, and at once for a turn's first text). Each append is fenced by
-its turn's lock token: a writer whose lease is gone gets nothing written, and its turn
-is cancelled.
+its turn's lock token and stop generation: a writer whose lease is gone, or whose
+attempt was stopped, gets nothing written, and its model call is cancelled.
 
 Backpressure: when Redis is slow to answer and ``MAX_PENDING_BYTES`` of text is waiting
 across the process, writers wait for the next flush to finish, so a slow Redis slows the
@@ -20,7 +20,6 @@ import logging
 import orjson
 
 from shared.aio import event_set_within, stop_if_cancelled
-from shared.errors import LockLost
 from shared.store.lease import Lease
 from shared.store.store import SessionStore
 
@@ -65,7 +64,9 @@ class DeltaWriter:
         self._size = 0
         self._first = True
         self._flushed: asyncio.Future[None] | None = None
-        self.pack = lease.store.delta_packer(lease.keys, lease.token, turn_id)
+        self.pack = lease.store.delta_packer(
+            lease.keys, lease.token, turn_id, generation=lease.generation
+        )
         self._reset: bytes | None = None
         self._head = b""
         self._set_head()
@@ -85,7 +86,9 @@ class DeltaWriter:
         self._buffer.clear()
         self._size = 0
         lease = self.lease
-        reset = lease.store.delta_packer(lease.keys, lease.token, self.turn_id, kind="reset")
+        reset = lease.store.delta_packer(
+            lease.keys, lease.token, self.turn_id, kind="reset", generation=lease.generation
+        )
         self._reset = reset(
             orjson.dumps({"attempt": self.attempt, "try": self.try_number}).decode()
         )
@@ -96,8 +99,7 @@ class DeltaWriter:
     async def write(self, text: str) -> None:
         if not text:
             return
-        if self.lease.lost.is_set():
-            raise LockLost("session lock lost while streaming")
+        self.lease.check()
         self._buffer.append(text)
         size = len(text)
         self._size += size
@@ -201,8 +203,7 @@ class DeltaBatcher:
             await self._flushed.wait()
         if self._flush_s <= 0:  # unbatched: the text is in Redis before write returns
             await self.flush()
-            if writer.lease.lost.is_set():
-                raise LockLost("session lock lost while streaming")
+            writer.lease.check()
 
     async def run(self) -> None:
         """Flush every ``flush_s`` (everyone, or sooner when asked), and the eager writers
@@ -251,5 +252,7 @@ class DeltaBatcher:
         for writer, appended in zip(writers, results, strict=True):
             if isinstance(appended, Exception):
                 log.warning("a token delta was refused: %s", appended)
-            elif not appended:
+            elif appended == 0:
                 writer.lease.mark_lost()
+            elif appended == 2:
+                writer.lease.stop()

@@ -1,5 +1,6 @@
 """The session lock as one object: a random token, a lease renewed by a heartbeat, a
-``lost`` flag that cancels the work it guards, and release.
+``lost`` flag that cancels the work it guards, a stop of the attempt it runs (a cancel,
+a double text), and release.
 
 The lock is taken inside ``begin.lua`` together with the mailbox head. It is an
 optimisation for liveness only: safety comes from every write script checking the token
@@ -16,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
-from shared.errors import LockLost
+from shared.errors import LockLost, TurnStopped
 from shared.keys import SessionKeys
 from shared.store.store import SessionStore
 
@@ -26,49 +27,88 @@ log = logging.getLogger(__name__)
 class Lease:
     """One worker's hold on one session's lock (compare redis-py's ``Lock``, plus fencing)."""
 
-    __slots__ = ("_cancelled_by_loss", "_guarded", "keys", "lost", "store", "token")
+    __slots__ = (
+        "_cancelled_for",
+        "_guarded",
+        "_noticed",
+        "generation",
+        "keys",
+        "lost",
+        "stopped",
+        "store",
+        "token",
+    )
 
     def __init__(self, store: SessionStore, keys: SessionKeys) -> None:
         self.store = store
         self.keys = keys
         self.token = secrets.token_hex(16)
         self.lost = asyncio.Event()
+        self.stopped = False
+        self.generation = 0  # the session's stop generation the current attempt began in
+        self._noticed = 0  # the newest stop generation a notice told of
         self._guarded: asyncio.Task[object] | None = None
-        self._cancelled_by_loss = False
+        self._cancelled_for: type[LockLost] | type[TurnStopped] | None = None
 
     def mark_lost(self) -> None:
         """The lease could not be renewed: stop the guarded work at once."""
         if self.lost.is_set():
             return
         self.lost.set()
-        if self._guarded is not None:
-            self._cancelled_by_loss = True
+        self._cancel_guarded(LockLost)
+
+    def stop(self, generation: int | None = None) -> None:
+        """The attempt this lease runs was made void (its generation is behind
+        ``generation``; None: surely): stop the guarded work at once."""
+        if generation is not None:
+            self._noticed = max(self._noticed, generation)
+            if generation <= self.generation:
+                return
+        if self.stopped:
+            return
+        self.stopped = True
+        self._cancel_guarded(TurnStopped)
+
+    def _cancel_guarded(self, reason: type[LockLost] | type[TurnStopped]) -> None:
+        if self._guarded is not None and self._cancelled_for is None:
+            self._cancelled_for = reason
             self._guarded.cancel()
 
-    def renewed(self) -> None:
-        """``begin`` just (re)took the lock with this token."""
+    def renewed(self, generation: int = 0) -> None:
+        """``begin`` just (re)took the lock with this token, for an attempt in stop
+        ``generation``."""
         self.lost.clear()
+        self.generation = generation
+        self.stopped = self._noticed > generation  # a notice that overtook begin's answer
+
+    def check(self) -> None:
+        """Raise ``LockLost`` or ``TurnStopped`` if the lease or its attempt is gone."""
+        if self.lost.is_set():
+            raise LockLost("session lock lost")
+        if self.stopped:
+            raise TurnStopped("the attempt was stopped")
 
     @contextmanager
     def guard(self) -> Iterator[None]:
-        """Run the block as the work this lease protects: if the lease is lost meanwhile,
-        the block is cancelled and ``LockLost`` raised in its place."""
-        if self.lost.is_set():
-            raise LockLost("session lock lost")
+        """Run the block as the work this lease protects: if the lease is lost (or the
+        attempt stopped) meanwhile, the block is cancelled and ``LockLost`` (or
+        ``TurnStopped``) raised in its place."""
+        self.check()
         task = asyncio.current_task()
         assert task is not None
         self._guarded = task
         try:
             yield
         except asyncio.CancelledError:
-            if not self._cancelled_by_loss:
+            reason, self._cancelled_for = self._cancelled_for, None
+            if reason is None:
                 raise
-            self._cancelled_by_loss = False
             if task.uncancel() > 0:  # cancelled by someone else too: that wins
                 raise
-            raise LockLost("session lock lost during the turn") from None
+            raise reason("the session lock was lost, or the attempt stopped") from None
         finally:
             self._guarded = None
+            self._cancelled_for = None
 
     async def release(self, *, force: bool = False) -> int:
         """1 released, 0 not the holder, -1 refused because turns are pending."""
@@ -97,10 +137,24 @@ class Heartbeat:
         """The sessions (``tenant:session``) whose leases this process renews."""
         return frozenset(lease.keys.member for lease in self._leases)
 
+    def stop(self, member: str, generation: int) -> bool:
+        """A stop notice for a session (``tenant:session``): stop the attempt this process
+        runs in it, if that attempt began before ``generation``. True if one was stopped."""
+        hit = False
+        for lease in self._leases:
+            if lease.keys.member == member and generation > lease.generation:
+                lease.stop(generation)
+                hit = True
+        return hit
+
     async def beat(self) -> None:
+        """Renew every lease at once; mark lost those that are gone and stop those whose
+        attempt was stopped (a stop notice this process missed)."""
         leases = list(self._leases)
         try:
-            renewed = await self._store.renew([(lease.keys, lease.token) for lease in leases])
+            renewed = await self._store.renew(
+                [(lease.keys, lease.token, lease.generation) for lease in leases]
+            )
         except Exception:  # a Redis outage must not end the heartbeat
             log.warning("lease renewal failed; retrying next beat", exc_info=True)
             if time.monotonic() - self._last_renewal > self._store.settings.lock_ttl_s:
@@ -108,9 +162,11 @@ class Heartbeat:
                     lease.mark_lost()
             return
         self._last_renewal = time.monotonic()
-        for lease, ok in zip(leases, renewed, strict=True):
-            if not ok:
+        for lease, answer in zip(leases, renewed, strict=True):
+            if answer == 0:
                 lease.mark_lost()
+            elif answer == 2:
+                lease.stop()
 
     async def run(self) -> None:
         """Beat until cancelled."""

@@ -25,8 +25,8 @@ from shared.signing import new_secret
 from shared.store.records import Turn, now_ms
 from shared.store.store import SessionStore
 
-EventName = Literal["turn.completed", "turn.failed"]
-EVENTS: tuple[EventName, ...] = ("turn.completed", "turn.failed")
+EventName = Literal["turn.completed", "turn.failed", "turn.cancelled"]
+EVENTS: tuple[EventName, ...] = ("turn.completed", "turn.failed", "turn.cancelled")
 SIGNING = "_signing"  # the field of a tenant's hash holding its signing secrets
 CACHE_S = 2.0
 

@@ -15,7 +15,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.settings import Strategy
+
 TurnStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
+STRATEGIES: tuple[Strategy, ...] = ("enqueue", "reject", "interrupt", "rollback", "coalesce")
+CancelReason = Literal["requested", "interrupted", "rolled_back"]
 TurnKind = Literal["message", "clear"]
 EventType = Literal["status", "delta", "reset", "final"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
@@ -33,6 +37,17 @@ class TurnOutput(BaseModel):
 class TurnError(BaseModel):
     code: str = Field(description="Machine-readable reason, e.g. `retries_exhausted`.")
     message: str
+
+
+class Cancellation(BaseModel):
+    reason: CancelReason = Field(
+        description=(
+            "`requested`: cancelled through the API; `interrupted`: a later message with "
+            "strategy `interrupt` (this turn's message stays in history); `rolled_back`: "
+            "one with strategy `rollback` (this turn's message was dropped)."
+        )
+    )
+    by: str | None = Field(default=None, description="The turn whose strategy cancelled it.")
 
 
 class Turn(BaseModel):
@@ -57,6 +72,24 @@ class Turn(BaseModel):
     webhook: str | None = Field(
         default=None, description="Where the turn's completion is also announced."
     )
+    strategy: Strategy = Field(
+        default="enqueue",
+        description="What this message did to the session's pending turns (double texting).",
+    )
+    answered_by: str | None = Field(
+        default=None,
+        description=(
+            "Coalesced: the turn whose model call answered this message too (its reply is "
+            "this turn's `output`)."
+        ),
+    )
+    cancellation: Cancellation | None = Field(
+        default=None, description="Why the turn was cancelled (status `cancelled`)."
+    )
+    debounce_ms: int = Field(default=0, exclude=True)
+    restarts: int = Field(
+        default=0, exclude=True, description="Attempts its own worker stopped (not crashes)."
+    )
     events_from: str | None = Field(
         default=None, exclude=True, description="The id of the turn's first event."
     )
@@ -78,10 +111,15 @@ def queued_record(
     input_doc: dict[str, Any] | None,
     created_ms: int,
     webhook: str | None = None,
+    strategy: Strategy | None = None,
+    debounce_ms: int | None = None,
 ) -> dict[str, Any]:
-    """The record ``accept.lua`` stores for a new turn (it adds ``seq``)."""
+    """The record ``accept.lua`` stores for a new turn (it adds ``seq``, and resolves an
+    unset ``strategy`` / ``debounce_ms`` from the session's or the deployment's)."""
     return {
         "webhook": webhook,
+        "strategy": strategy,
+        "debounce_ms": debounce_ms,
         "id": turn_id,
         "session_id": session_id,
         "kind": kind,
@@ -140,6 +178,12 @@ class Session(BaseModel):
     object: Literal["session"] = "session"
     turn_count: int = Field(description="Turns ever accepted in this session.")
     finished_turns: int = Field(description="Turns that reached a terminal status.")
+    strategy: Strategy | None = Field(
+        default=None, description="This session's default double-texting strategy, if set."
+    )
+    debounce_s: float | None = Field(
+        default=None, description="This session's default coalescing debounce, if set."
+    )
     pending_turns: int = Field(description="Turns queued or running.")
     message_count: int = Field(description="Messages in the history.")
     created_at: datetime

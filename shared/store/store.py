@@ -23,17 +23,19 @@ from shared.errors import (
     HistoryFull,
     IdempotencyConflict,
     MailboxFull,
+    SessionActive,
     SessionBusy,
     SessionNotFound,
     TurnNotFound,
 )
 from shared.keys import GlobalKeys, SessionKeys
 from shared.redis import COMMAND_TIMEOUT_S
-from shared.settings import Settings
+from shared.settings import Settings, Strategy
 from shared.store.records import Event, Session, Turn, now_ms, queued_record
 from shared.store.scripts import Scripts
 
 Order = Literal["asc", "desc"]
+ACTIVE = frozenset({"queued", "running"})
 EVENTS_PAGE = 512  # events read from a session's stream at a time
 
 
@@ -99,15 +101,45 @@ class Accepted:
     replayed: bool
     lock_held: bool
     turn: Turn | None = None
+    cancelled: tuple[tuple[str, int], ...] = ()
+    """Turns this one's strategy cancelled: (turn id, characters of its message)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Head:
     """The mailbox head as ``begin`` hands it to the lock holder: the turn (now
-    ``running``, its ``attempt`` counted) and the session's history window."""
+    ``running``, its ``attempt`` counted), the coalesced turns its model call also
+    answers (``members``, in order; ``span``: the mailbox entries they cover), the
+    session's history window, and the stop ``generation`` the commit must still find."""
 
     turn: Turn
     history: list[dict[str, Any]]
+    generation: int = 0
+    members: tuple[Turn, ...] = ()
+    span: int = 1
+
+    @property
+    def group(self) -> tuple[Turn, ...]:
+        """The head and its members: every turn one model call answers."""
+        return (self.turn, *self.members)
+
+
+@dataclass(frozen=True, slots=True)
+class Debounce:
+    """``begin`` found the head's coalesced group still inside its debounce window: the
+    lock is held; begin again after ``wait_s``."""
+
+    wait_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """What a cancel did: ``turn`` as it now is; ``changed`` False when it had already
+    finished (left as it was); ``was_running``: its worker was told to stop."""
+
+    turn: Turn
+    changed: bool
+    was_running: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +153,14 @@ class Outcome:
     messages: tuple[dict[str, Any], ...] = ()
     tail: str = ""
     tail_try: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TurnDefaults:
+    """Double-texting defaults (a tenant's or a session's); None: not chosen here."""
+
+    strategy: Strategy | None = None
+    debounce_s: float | None = None
 
 
 @dataclass
@@ -160,19 +200,32 @@ class SessionStore:
         idempotency_key: str | None = None,
         existing_only: bool = False,
         webhook: str | None = None,
+        strategy: Strategy | None = None,
+        debounce_s: float | None = None,
+        defaults: TurnDefaults | None = None,
+        announce_cancel: bool = False,
     ) -> Accepted:
-        """Record a turn (``queued``) at the end of the session's mailbox. One round trip.
+        """Record a turn (``queued``) at the end of the session's mailbox, and apply its
+        double-texting ``strategy`` to the turns pending before it, in the same atomic
+        step. One round trip.
 
-        The session is marked active for the sweeper *before* the script runs (same
-        pipeline), so the sweeper always knows of a session that may hold pending turns.
-        Raises ``IdempotencyConflict``, ``MailboxFull``, ``HistoryFull`` or (with ``existing_only``)
-        ``SessionNotFound``; then nothing was queued.
+        ``strategy`` / ``debounce_s`` unset: the session's defaults, else ``defaults``
+        (the tenant's), else the deployment's. ``announce_cancel``: turns this one cancels
+        get a ``turn.cancelled`` webhook event. The session is marked active for the
+        sweeper *before* the script runs (same pipeline), so the sweeper always knows of a
+        session that may hold pending turns. Raises ``IdempotencyConflict``,
+        ``MailboxFull``, ``HistoryFull``, ``SessionActive`` (strategy ``reject``) or (with
+        ``existing_only``) ``SessionNotFound``; then nothing was queued or cancelled.
         """
         settings = self.settings
         created = now_ms()
         turn_id = new_turn_id()
-        record = queued_record(turn_id, keys.session, kind, input_doc, created, webhook)
-        input_json = orjson.dumps([input_doc, webhook])
+        debounce_ms = None if debounce_s is None else round(debounce_s * 1000)
+        record = queued_record(
+            turn_id, keys.session, kind, input_doc, created, webhook, strategy, debounce_ms
+        )
+        input_json = orjson.dumps([input_doc, webhook, strategy, debounce_ms])
+        fallback = defaults or TurnDefaults()
         script_keys = [
             keys.meta,
             keys.mailbox,
@@ -182,6 +235,7 @@ class SessionStore:
             keys.events,
             keys.lock,
             keys.idempotency(idempotency_key or ""),
+            keys.outbox,
         ]
         args = {
             "turn": record,
@@ -191,6 +245,19 @@ class SessionStore:
             "max_pending": settings.max_pending_turns,
             "max_history": settings.max_history_messages,
             "existing_only": existing_only,
+            "default_strategy": fallback.strategy or settings.double_texting,
+            "default_debounce_ms": round(
+                1000
+                * (
+                    settings.coalesce_debounce_s
+                    if fallback.debounce_s is None
+                    else fallback.debounce_s
+                )
+            ),
+            "max_group": settings.max_coalesced_turns,
+            "announce_cancel": announce_cancel,
+            "member": keys.member,
+            "control": self.globals.control,
             "now_ms": created,
             "session_ttl_ms": settings.session_ttl_ms,
             **self._event_args(keys),
@@ -204,13 +271,24 @@ class SessionStore:
         verdict = reply[-1]
         if verdict[0] == "OK":
             turn = Turn.model_validate(
-                {**record, "seq": int(verdict[2]), "events_from": verdict[4]}
+                {
+                    **record,
+                    "seq": int(verdict[2]),
+                    "events_from": verdict[4],
+                    "strategy": verdict[5],
+                    "debounce_ms": 0,
+                }
             )
-            return Accepted(turn_id, replayed=False, lock_held=bool(verdict[3]), turn=turn)
+            cancelled = tuple((str(i), int(n)) for i, n in (orjson.loads(verdict[6]) or []))
+            return Accepted(
+                turn_id, replayed=False, lock_held=bool(verdict[3]), turn=turn, cancelled=cancelled
+            )
         if verdict[0] == "REPLAY":
             return Accepted(str(verdict[1]), replayed=True, lock_held=True)
         if verdict[0] == "CONFLICT":
             raise IdempotencyConflict(str(verdict[1]))
+        if verdict[0] == "BUSY":
+            raise SessionActive(str(verdict[1]))
         if verdict[0] == "NOT_FOUND":
             raise SessionNotFound(f"No session {keys.session}.")
         if verdict[0] == "HISTORY_FULL":
@@ -264,10 +342,11 @@ class SessionStore:
 
     # -- the worker's side ----------------------------------------------------------------
 
-    async def begin(self, keys: SessionKeys, token: str) -> Head | None:
-        """Take (or keep) the lock with ``token`` and the mailbox head; None when nothing
-        is pending (the lock is then released). Raises ``SessionBusy`` when another
-        worker holds the lock. One round trip."""
+    async def begin(self, keys: SessionKeys, token: str) -> Head | Debounce | None:
+        """Take (or keep) the lock with ``token`` and the mailbox head with its coalesced
+        group; ``Debounce`` when the group waits for more messages (the lock is held);
+        None when nothing is pending (the lock is then released). Raises ``SessionBusy``
+        when another worker holds the lock. One round trip."""
         settings = self.settings
         reply = await self.scripts.begin(
             self.client,
@@ -276,6 +355,7 @@ class SessionStore:
                 "token": token,
                 "lock_ttl_ms": settings.lock_ttl_ms,
                 "window": settings.history_window,
+                "max_group": settings.max_coalesced_turns,
                 "now_ms": now_ms(),
                 "session_ttl_ms": settings.session_ttl_ms,
                 **self._event_args(keys),
@@ -285,19 +365,32 @@ class SessionStore:
             raise SessionBusy(keys.member)
         if reply[0] == "EMPTY":
             return None
-        return Head(Turn.from_json(reply[1]), [orjson.loads(doc) for doc in reply[2:]])
+        if reply[0] == "WAIT":
+            return Debounce(int(reply[1]) / 1000)
+        members = tuple(Turn.model_validate(doc) for doc in orjson.loads(reply[4]))
+        return Head(
+            Turn.from_json(reply[1]),
+            [orjson.loads(doc) for doc in reply[5:]],
+            generation=int(reply[2]),
+            members=members,
+            span=int(reply[3]),
+        )
 
     async def commit(
-        self, keys: SessionKeys, token: str, turn: Turn, outcome: Outcome, *, webhook: str = ""
+        self, keys: SessionKeys, token: str, head: Head, outcome: Outcome, *, webhook: str = ""
     ) -> bool:
-        """Fenced commit of the head; True when the lock was released (mailbox empty).
+        """Fenced commit of the head and its group; True when the lock was released
+        (mailbox empty).
 
         ``webhook``: the event to tell webhook receivers of (``turn.completed``,
-        ``turn.failed``): the same script then writes the outbox message, so one is
-        written exactly when the commit is. Raises ``CommitRejected`` with ``NOT_OWNER``,
-        ``DUPLICATE`` or ``OUT_OF_ORDER``; then nothing was written. One round trip.
+        ``turn.failed``): the same script then writes the outbox messages (one per turn
+        of the group), so they are written exactly when the commit is. Raises
+        ``CommitRejected`` with ``NOT_OWNER``, ``STOPPED`` (the attempt was made void:
+        begin again), ``DUPLICATE`` or ``OUT_OF_ORDER``; then nothing was written. One
+        round trip.
         """
         settings = self.settings
+        turn = head.turn
         tail = ""
         if outcome.tail:
             tail = self.delta_data(turn.attempt, outcome.tail_try, outcome.tail)
@@ -306,7 +399,10 @@ class SessionStore:
             [*_turn_keys(keys), keys.outbox],
             {
                 "token": token,
+                "generation": head.generation,
                 "turn_id": turn.id,
+                "members": [m.id for m in head.members],
+                "span": head.span,
                 "status": outcome.status,
                 "output": outcome.output,
                 "error": outcome.error,
@@ -323,38 +419,105 @@ class SessionStore:
             raise CommitRejected(reply[0])
         return bool(int(reply[1]))
 
+    async def cancel(self, keys: SessionKeys, turn_id: str, *, announce: bool = False) -> Cancelled:
+        """Cancel a queued or running turn; nothing of it is kept. A running turn's worker
+        is told to stop at once, and whatever it still writes of the turn is refused. An
+        already finished turn is left as it is (``changed`` False), so a repeated cancel
+        answers the same. ``announce``: write a ``turn.cancelled`` webhook event. Raises
+        ``TurnNotFound``. One round trip."""
+        settings = self.settings
+        reply = await self.scripts.cancel(
+            self.client,
+            [keys.meta, keys.mailbox, keys.turns, keys.events, keys.outbox],
+            {
+                "turn_id": turn_id,
+                "announce": announce,
+                "member": keys.member,
+                "control": self.globals.control,
+                "now_ms": now_ms(),
+                "session_ttl_ms": settings.session_ttl_ms,
+                **self._event_args(keys),
+            },
+        )
+        if reply[0] == "NOT_FOUND":
+            raise TurnNotFound(f"No turn {turn_id} in session {keys.session}.")
+        turn = Turn.from_json(reply[1])
+        if reply[0] == "FINISHED":
+            return Cancelled(turn, changed=False)
+        return Cancelled(turn, changed=True, was_running=bool(int(reply[2])))
+
+    async def set_defaults(self, keys: SessionKeys, defaults: TurnDefaults) -> None:
+        """Set (or, with None fields, unset) a session's double-texting defaults; the
+        session is created if it was never used. One round trip."""
+        now = now_ms()
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hsetnx(keys.meta, "next_seq", 0)
+        pipe.hsetnx(keys.meta, "created_at", now)
+        pipe.hset(keys.meta, "updated_at", now)
+        if defaults.strategy is None:
+            pipe.hdel(keys.meta, "strategy")
+        else:
+            pipe.hset(keys.meta, "strategy", defaults.strategy)
+        if defaults.debounce_s is None:
+            pipe.hdel(keys.meta, "debounce_ms")
+        else:
+            pipe.hset(keys.meta, "debounce_ms", round(defaults.debounce_s * 1000))
+        pipe.pexpire(keys.meta, self.settings.session_ttl_ms)
+        await pipe.execute()
+
     @staticmethod
     def delta_data(attempt: int, try_number: int, text: str) -> str:
         """A ``delta`` event's data: the text, tagged with the attempt and model try."""
         return orjson.dumps({"attempt": attempt, "try": try_number, "text": text}).decode()
 
-    async def append_delta(self, keys: SessionKeys, token: str, turn_id: str, data: str) -> bool:
-        """Append a delta event if ``token`` still holds the lock; False: nothing written."""
-        [appended] = await self.send_packed([self.delta_packer(keys, token, turn_id)(data)])
+    async def append_delta(
+        self, keys: SessionKeys, token: str, turn_id: str, data: str, generation: int = 0
+    ) -> bool:
+        """Append a delta event if ``token`` still holds the lock and its attempt (begun in
+        stop ``generation``) stands; False: nothing written."""
+        pack = self.delta_packer(keys, token, turn_id, generation=generation)
+        [appended] = await self.send_packed([pack(data)])
         if isinstance(appended, Exception):
             raise appended
-        return bool(appended)
+        return bool(appended == 1)
 
     def delta_packer(
-        self, keys: SessionKeys, token: str, turn_id: str, kind: str = "delta"
+        self,
+        keys: SessionKeys,
+        token: str,
+        turn_id: str,
+        kind: str = "delta",
+        generation: int = 0,
     ) -> Callable[[str], bytes]:
         """``append_delta`` of one turn, packed for ``send_packed`` from the event's data
-        (its reply: 1 appended, 0 not). ``kind``: ``delta``, or ``reset`` (a try's text
-        is abandoned)."""
-        fixed = {"token": token, "turn_id": turn_id, "type": kind, "channel": keys.channel}
-        return self.scripts.delta.packer([keys.lock, keys.events], fixed, "data")
+        (its reply: 1 appended, 0 not the lock holder, 2 the attempt begun in stop
+        ``generation`` was stopped). ``kind``: ``delta``, or ``reset`` (a try's text is
+        abandoned)."""
+        fixed = {
+            "token": token,
+            "generation": generation,
+            "turn_id": turn_id,
+            "type": kind,
+            "channel": keys.channel,
+        }
+        return self.scripts.delta.packer([keys.lock, keys.events, keys.meta], fixed, "data")
 
-    async def renew(self, leases: Sequence[tuple[SessionKeys, str]]) -> list[bool]:
-        """Extend every ``(keys, token)`` lease in one pipelined round trip; False = lost."""
+    async def renew(self, leases: Sequence[tuple[SessionKeys, str, int]]) -> list[int]:
+        """Extend every ``(keys, token, generation)`` lease in one pipelined round trip:
+        1 renewed, 2 renewed but its attempt was stopped, 0 lost."""
         if not leases:
             return []
         ttl_ms = self.settings.lock_ttl_ms
 
         def fill(pipe: Any) -> None:
-            for keys, token in leases:
-                self.scripts.extend.queue(pipe, [keys.lock], {"token": token, "ttl_ms": ttl_ms})
+            for keys, token, generation in leases:
+                self.scripts.extend.queue(
+                    pipe,
+                    [keys.lock, keys.meta],
+                    {"token": token, "ttl_ms": ttl_ms, "generation": generation},
+                )
 
-        return [bool(r) for r in await self.run_pipeline(fill)]
+        return [int(r) for r in await self.run_pipeline(fill)]
 
     async def release(self, keys: SessionKeys, token: str, *, force: bool = False) -> int:
         """Drop the lock: 1 released, 0 not the holder, -1 refused (turns are pending)."""
@@ -409,18 +572,28 @@ class SessionStore:
 
     async def read_session(self, keys: SessionKeys) -> Session:
         pipe = self.client.pipeline(transaction=True)
-        pipe.hmget(keys.meta, "next_seq", "done_seq", "created_at", "updated_at")
-        pipe.llen(keys.mailbox)
+        pipe.hmget(
+            keys.meta,
+            "next_seq", "finished", "done_seq", "created_at", "updated_at", "strategy",
+            "debounce_ms",
+        )  # fmt: skip
+        pipe.lrange(keys.mailbox, 0, -1)
         pipe.llen(keys.history)
         pipe.xrevrange(keys.events, "+", "-", count=1)
-        (next_seq, done_seq, created, updated), pending, messages, newest = await pipe.execute()
+        meta, pending, messages, newest = await pipe.execute()
+        next_seq, finished, done_seq, created, updated, strategy, debounce_ms = meta
         if next_seq is None:
             raise SessionNotFound(f"No session {keys.session}.")
+        if pending:  # cancelled turns whose kept message is not written yet are not pending
+            raws = await self.client.hmget(keys.turns, pending)
+            pending = [r for r in raws if r is not None and orjson.loads(r)["status"] in ACTIVE]
         return Session(
             id=keys.session,
             turn_count=int(next_seq),
-            finished_turns=int(done_seq or 0),
-            pending_turns=int(pending),
+            finished_turns=int(finished or done_seq or 0),
+            pending_turns=len(pending),
+            strategy=strategy,
+            debounce_s=None if debounce_ms is None else int(debounce_ms) / 1000,
             message_count=int(messages),
             created_at=int(created),
             updated_at=int(updated),

@@ -91,6 +91,13 @@ class Watcher:
             self._waiter = None
         return self._ready  # what arrived as the timer fired counts too
 
+    def take_notices(self) -> tuple[list[str], bool]:
+        """The raw messages that arrived since the last call, and whether to re-read."""
+        payloads = list(self._payloads)
+        stale = self._stale
+        self.reset()
+        return payloads, stale
+
     def take(self) -> tuple[list[Event], bool]:
         """The events that arrived since the last call, and whether to re-read the state."""
         events = [Event.from_notice(p) for p in self._payloads]

@@ -46,7 +46,7 @@ def finish_next_turn(
                 outcome = Outcome(status="completed", output={"content": reply}, messages=said)
             else:
                 outcome = Outcome(status="completed")
-            await store.commit(keys, "test-worker", head.turn, outcome)
+            await store.commit(keys, "test-worker", head, outcome)
             return head.turn.id
         finally:
             await client.aclose()

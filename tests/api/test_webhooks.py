@@ -32,7 +32,11 @@ def test_an_endpoint_is_made_with_a_secret_shown_once_then_listed_rotated_and_de
     made = api.post("/v1/webhooks/endpoints", json={"url": "http://127.0.0.1:9/hook"})
     assert made.status_code == 201, made.text
     endpoint = made.json()
-    assert is_secret(endpoint["secret"]) and endpoint["events"] == ["turn.completed", "turn.failed"]
+    assert is_secret(endpoint["secret"]) and endpoint["events"] == [
+        "turn.cancelled",
+        "turn.completed",
+        "turn.failed",
+    ]
     listed = api.get("/v1/webhooks/endpoints").json()
     assert [e["id"] for e in listed] == [endpoint["id"]] and listed[0]["secret"] is None
     rotated = api.post(f"/v1/webhooks/endpoints/{endpoint['id']}/rotate-secret").json()

@@ -16,12 +16,14 @@ from shared.store.scripts import NAMES, source
 # Commands whose first argument is a key (every one the scripts use).
 KEY_COMMANDS = {
     "DEL", "EXISTS", "GET", "HDEL", "HGET", "HINCRBY", "HMGET", "HSET", "HSETNX", "LINDEX",
-    "LLEN", "LPOP", "LRANGE", "PEXPIRE", "RPUSH", "SET", "XADD", "XTRIM", "ZADD", "ZREM",
+    "LLEN", "LPOP", "LRANGE", "LREM", "LTRIM", "PEXPIRE", "RPUSH", "SET", "XADD", "XTRIM", "ZADD", "ZREM",
     "ZSCORE", "ZRANGEBYSCORE",
 }  # fmt: skip
 CALL = re.compile(r'redis\.call\("([A-Z]+)",\s*([^,)]+)')
 # Names the prelude binds to a key only ever taken from KEYS at every call site.
-KEY_PARAMETERS = {"stream"}
+KEY_PARAMETERS = {"stream", "outbox", "turns", "events", "meta"}
+# Prelude functions, and which of their arguments are keys.
+KEY_ARGUMENTS = {"emit": (0,), "announce": (0,), "cancel_turn": (0, 1, 2), "stop_attempt": (0,)}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -35,9 +37,13 @@ def test_every_key_a_script_touches_comes_from_keys(name: str) -> None:
         assert command in KEY_COMMANDS, f"{name}: {command} is not known to take a key first"
         first = first.strip()
         assert first.startswith("KEYS[") or first in KEY_PARAMETERS, f"{name}: {command} {first}"
-    for call in re.findall(r"\bemit\(([^,]+),", text):
-        if call.strip() != "stream":  # the definition itself
-            assert call.strip().startswith("KEYS["), f"{name}: emit({call})"
+    for function, positions in KEY_ARGUMENTS.items():
+        for call in re.findall(rf"\b{function}\(([^)]*)\)", text):
+            arguments = [a.strip() for a in call.split(",")]
+            if set(arguments) & KEY_PARAMETERS:  # the definition itself
+                continue
+            for i in positions:
+                assert arguments[i].startswith("KEYS["), f"{name}: {function}({call})"
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -88,7 +88,7 @@ async def test_commit_by_a_worker_that_lost_the_lock_writes_nothing(
     before = _snapshot(client, keys)
 
     with pytest.raises(CommitRejected) as rejected:
-        await store.commit(keys, "token-a", head.turn, _reply(head))
+        await store.commit(keys, "token-a", head, _reply(head))
 
     assert rejected.value.reason == "NOT_OWNER"
     assert _snapshot(client, keys) == before
@@ -104,7 +104,7 @@ async def test_commit_after_the_lease_expired_writes_nothing(
     before = _snapshot(client, keys)
 
     with pytest.raises(CommitRejected, match="NOT_OWNER"):
-        await store.commit(keys, "token-a", head.turn, _reply(head))
+        await store.commit(keys, "token-a", head, _reply(head))
     assert _snapshot(client, keys) == before
 
 
@@ -115,11 +115,11 @@ async def test_replayed_commit_writes_nothing(
     await _accept(store, keys, "two")
     head = await store.begin(keys, "tok")
     assert head is not None
-    await store.commit(keys, "tok", head.turn, _reply(head))
+    await store.commit(keys, "tok", head, _reply(head))
     before = _snapshot(client, keys)
 
     with pytest.raises(CommitRejected) as rejected:
-        await store.commit(keys, "tok", head.turn, _reply(head))
+        await store.commit(keys, "tok", head, _reply(head))
 
     assert rejected.value.reason == "DUPLICATE"
     assert _snapshot(client, keys) == before
@@ -138,7 +138,7 @@ async def test_commit_out_of_sequence_writes_nothing(
     before = _snapshot(client, keys)
 
     with pytest.raises(CommitRejected) as rejected:
-        await store.commit(keys, "tok", second.turn, _reply(second))
+        await store.commit(keys, "tok", second, _reply(second))
 
     assert rejected.value.reason == "OUT_OF_ORDER"
     assert _snapshot(client, keys) == before
@@ -153,7 +153,7 @@ async def test_commit_records_the_result_and_releases_the_lock_only_when_the_mai
     first = await store.begin(keys, "tok")
     assert first is not None
     assert first.turn.status == "running" and first.turn.attempt == 1
-    assert await store.commit(keys, "tok", first.turn, _reply(first)) is False
+    assert await store.commit(keys, "tok", first, _reply(first)) is False
     assert client.get(keys.lock) == "tok"
     done = _turn(client, keys, first.turn.id)
     assert done.status == "completed" and done.output is not None
@@ -162,7 +162,7 @@ async def test_commit_records_the_result_and_releases_the_lock_only_when_the_mai
     second = await store.begin(keys, "tok")
     assert second is not None
     assert [m["data"]["content"] for m in second.history] == ["one", "re: one"]
-    assert await store.commit(keys, "tok", second.turn, _reply(second)) is True
+    assert await store.commit(keys, "tok", second, _reply(second)) is True
     assert client.get(keys.lock) is None
     assert _history(client, keys) == ["one", "re: one", "two", "re: two"]
 
@@ -176,7 +176,7 @@ async def test_a_failed_turn_writes_no_history_and_the_session_moves_on(
     assert head is not None
     error = {"code": "model_error", "message": "no"}
     outcome = Outcome(status="failed", error=error, messages=_reply(head).messages)
-    await store.commit(keys, "tok", head.turn, outcome)
+    await store.commit(keys, "tok", head, outcome)
     failed = _turn(client, keys, failed_id)
     assert failed.status == "failed" and failed.error is not None
     assert failed.error.code == "model_error" and failed.output is None
@@ -206,7 +206,7 @@ async def test_begin_refuses_a_second_worker_and_releases_when_empty(
     assert head is not None
     with pytest.raises(SessionBusy):
         await store.begin(keys, "tok-b")
-    await store.commit(keys, "tok-a", head.turn, _reply(head))
+    await store.commit(keys, "tok-a", head, _reply(head))
     assert await store.begin(keys, "tok-b") is None
     assert client.get(keys.lock) is None
 
@@ -229,7 +229,7 @@ async def test_renew_extends_only_the_holders_lease(
     other = SessionKeys(keys.prefix, keys.tenant, "s-2")
     client.set(keys.lock, "tok", px=1000)
     client.set(other.lock, "someone-else", px=1000)
-    assert await store.renew([(keys, "tok"), (other, "tok")]) == [True, False]
+    assert await store.renew([(keys, "tok", 0), (other, "tok", 0)]) == [1, 0]
     assert client.pttl(keys.lock) > 1000
     assert client.pttl(other.lock) <= 1000
 
@@ -268,7 +268,7 @@ async def test_a_clear_empties_history_in_order_and_has_no_output(
         head = await store.begin(keys, "tok")
         assert head is not None
         outcome = _reply(head) if head.turn.kind == "message" else Outcome(status="completed")
-        await store.commit(keys, "tok", head.turn, outcome)
+        await store.commit(keys, "tok", head, outcome)
     assert _history(client, keys) == ["after", "re: after"]
     cleared = _turn(client, keys, clear.turn_id)
     assert cleared.status == "completed" and cleared.output is None and cleared.input is None
@@ -328,7 +328,7 @@ async def test_events_are_kept_for_the_events_ttl_and_trimmed_by_age(
     await store.accept(keys, input_doc={"content": "hi"})
     head = await store.begin(keys, "tok")
     assert head is not None
-    await store.commit(keys, "tok", head.turn, _reply(head))
+    await store.commit(keys, "tok", head, _reply(head))
     assert 0 < client.ttl(keys.events) <= 50
     assert client.ttl(keys.history) > 50
     entries = client.xrange(keys.events)
@@ -368,7 +368,7 @@ async def test_a_session_reports_its_counts_and_unknown_sessions_are_not_found(
         await _accept(store, keys, text)
     head = await store.begin(keys, "tok")
     assert head is not None
-    await store.commit(keys, "tok", head.turn, _reply(head))
+    await store.commit(keys, "tok", head, _reply(head))
     session = await store.read_session(keys)
     assert (session.turn_count, session.finished_turns, session.pending_turns) == (3, 1, 2)
     assert session.message_count == 2
@@ -416,7 +416,7 @@ async def test_a_holder_that_finds_nothing_runnable_left_releases_the_lock(
     assert head is not None
     record = json.loads(client.hget(keys.turns, stale_id))  # type: ignore[arg-type]
     client.hset(keys.turns, stale_id, json.dumps({**record, "status": "completed"}))
-    assert await store.commit(keys, "tok", head.turn, _reply(head)) is False  # one is left
+    assert await store.commit(keys, "tok", head, _reply(head)) is False  # one is left
     assert await store.begin(keys, "tok") is None  # ...but it can never run
     assert client.get(keys.lock) is None
     assert client.llen(keys.mailbox) == 0

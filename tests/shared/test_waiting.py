@@ -36,9 +36,7 @@ async def make_hub(settings: Settings) -> AsyncIterator[Callable[..., EventHub]]
 async def _finish(store: SessionStore, keys: SessionKeys, text: str) -> None:
     head = await store.begin(keys, "tok")
     assert head is not None
-    await store.commit(
-        keys, "tok", head.turn, Outcome(status="completed", output={"content": text})
-    )
+    await store.commit(keys, "tok", head, Outcome(status="completed", output={"content": text}))
 
 
 def _connections(client: redis.Redis, name: str) -> int:

@@ -215,9 +215,12 @@ async def test_a_fenced_out_commit_sends_nothing(
 
     with pytest.raises(CommitRejected):
         await rig.rt.store.commit(
-            keys, "stale-worker", head.turn, Outcome(status="completed", output={"content": "x"}),
+            keys,
+            "stale-worker",
+            head,
+            Outcome(status="completed", output={"content": "x"}),
             webhook="turn.completed",
-        )  # fmt: skip
+        )
     assert client.llen(keys.outbox) == 0
     rig.sender.wake()
     await asyncio.sleep(0.5)

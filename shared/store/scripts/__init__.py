@@ -27,6 +27,7 @@ NAMES = (
     "rewake",
     "forget",
     "claim",
+    "cancel",
 )
 
 
@@ -99,6 +100,7 @@ class Scripts:
     rewake: Script
     forget: Script
     claim: Script
+    cancel: Script
 
     @classmethod
     def load(cls) -> Scripts:

@@ -1,15 +1,22 @@
--- begin: take (or keep) the session lock, then the mailbox head and the history window.
+-- begin: take (or keep) the session lock, then the mailbox head (with the coalesced turns
+-- that follow it: its group) and the history window.
 --
 -- KEYS[1] lock   KEYS[2] mailbox   KEYS[3] history   KEYS[4] meta   KEYS[5] turns
 -- KEYS[6] turn_index   KEYS[7] events   KEYS[8] woken
--- A: token, lock_ttl_ms, window (messages, 0 = none), now_ms, session_ttl_ms,
+-- A: token, lock_ttl_ms, window (messages, 0 = none), max_group, now_ms, session_ttl_ms,
 --    events_ttl_ms, channel
 -- Returns {"BUSY"} when another token holds the lock;
 --         {"EMPTY"} when nothing is pending (the lock is then not held by this token);
---         {"OK", record JSON, message...} otherwise: the head marked running with its
---         attempt counted, a "running" event appended (after a "reset" of the previous
---         attempt's text when an earlier worker started it), the session's expiry
---         refreshed (a long-running session never expires under its worker).
+--         {"WAIT", ms} when the group waits out its debounce (the lock is then held);
+--         {"OK", head JSON, generation, span, members JSON, message...} otherwise: the
+--         head and the coalesced turns after it (members: a JSON array of records; span:
+--         the mailbox entries the group covers) marked running with the attempt counted,
+--         a "running" event appended for each (after a "reset" of the previous attempt's
+--         text when an earlier attempt started it), the session's expiry refreshed (a
+--         long-running session never expires under its worker). generation: the
+--         session's stop generation (stop_attempt), which the commit must still see.
+-- Cancelled turns whose message is kept (an interrupt) leave the head here, their message
+-- appended to history, so kept messages land in acceptance order, around clears.
 local holder = redis.call("GET", KEYS[1])
 if holder and holder ~= A.token then
   return {"BUSY"}
@@ -17,6 +24,10 @@ end
 -- A worker is here: any outstanding sweeper wake-up has done its job; reset the backoff.
 redis.call("DEL", KEYS[8])
 redis.call("HDEL", KEYS[4], "rewakes")
+
+local function joins(other)
+  return is_active(other) and other.kind == "message" and other.strategy == "coalesce"
+end
 
 while true do
   local head = redis.call("LINDEX", KEYS[2], 0)
@@ -28,20 +39,57 @@ while true do
   end
   local raw = redis.call("HGET", KEYS[5], head)
   local rec = raw and cjson.decode(raw)
-  if rec and (rec.status == "queued" or rec.status == "running") then
-    redis.call("SET", KEYS[1], A.token, "PX", A.lock_ttl_ms)
-    rec.attempt = rec.attempt + 1
-    rec.status = "running"
-    rec.started_at = A.now_ms
-    local encoded = cjson.encode(rec)
-    redis.call("HSET", KEYS[5], head, encoded)
-    if rec.attempt > 1 then  -- an earlier worker's text of this turn will not be kept
-      emit(KEYS[7], head, "reset", cjson.encode({attempt = rec.attempt - 1}))
+  if is_active(rec) then
+    local group = {rec}
+    local span = 1
+    if rec.kind == "message" and A.max_group > 1 then
+      local ids = redis.call("LRANGE", KEYS[2], 1, A.max_group - 1)
+      if #ids > 0 then
+        local raws = redis.call("HMGET", KEYS[5], unpack(ids))
+        for i = 1, #ids do
+          local other = raws[i] and cjson.decode(raws[i])
+          if not joins(other) then
+            break
+          end
+          group[#group + 1] = other
+          span = i + 1
+        end
+      end
     end
-    emit(KEYS[7], head, "status",
-      cjson.encode({status = "running", seq = rec.seq, attempt = rec.attempt}))
+    local due = 0
+    for _, member in ipairs(group) do
+      if member.strategy == "coalesce" then
+        due = math.max(due, member.created_at + (tonumber(member.debounce_ms) or 0))
+      end
+    end
+    redis.call("SET", KEYS[1], A.token, "PX", A.lock_ttl_ms)
+    if due > A.now_ms then
+      return {"WAIT", due - A.now_ms}
+    end
+    if holder == A.token and rec.status == "running" then
+      -- This worker stopped its own attempt (a cancel, a regroup): not a crash.
+      rec.restarts = (rec.restarts or 0) + 1
+    end
+    rec.group = #group
+    local members = {}
+    for i, member in ipairs(group) do
+      member.attempt = member.attempt + 1
+      member.status = "running"
+      member.started_at = A.now_ms
+      local encoded = cjson.encode(member)
+      redis.call("HSET", KEYS[5], member.id, encoded)
+      if member.attempt > 1 then  -- an earlier attempt's text of this turn will not be kept
+        emit(KEYS[7], member.id, "reset", cjson.encode({attempt = member.attempt - 1}))
+      end
+      emit(KEYS[7], member.id, "status",
+        cjson.encode({status = "running", seq = member.seq, attempt = member.attempt}))
+      if i > 1 then
+        members[#members + 1] = encoded
+      end
+    end
     expire(A.session_ttl_ms, 2, 6)
-    local reply = {"OK", encoded}
+    local generation = tonumber(redis.call("HGET", KEYS[4], "stops")) or 0
+    local reply = {"OK", cjson.encode(rec), generation, span, "[" .. table.concat(members, ",") .. "]"}
     if A.window > 0 then
       local messages = redis.call("LRANGE", KEYS[3], -A.window, -1)
       for i = 1, #messages do
@@ -50,6 +98,12 @@ while true do
     end
     return reply
   end
-  -- The record is gone or already finished: it can never run, so it leaves the queue.
+  -- The record is gone or finished: it can never run, so it leaves the queue (with its
+  -- message, if it was kept).
+  if rec and rec.keep then
+    local content = (rec.input or {}).content or ""
+    redis.call("RPUSH", KEYS[3], cjson.encode({type = "human",
+      data = {type = "human", content = content, id = rec.id .. ":user"}}))
+  end
   redis.call("LPOP", KEYS[2])
 end

@@ -1,27 +1,46 @@
--- commit: fenced, exactly-once, in-order completion of the mailbox head; then release the
--- lock if nothing else is pending.
+-- commit: fenced, exactly-once, in-order completion of the mailbox head and its group;
+-- then release the lock if nothing else is pending.
 --
 -- KEYS[1] lock   KEYS[2] mailbox   KEYS[3] history   KEYS[4] meta   KEYS[5] turns
 -- KEYS[6] turn_index   KEYS[7] events   KEYS[8] outbox
--- A: token, turn_id, status ("completed" | "failed"), output (object or null),
---    error (object or null), messages (JSON documents, as strings, for history),
---    tail (data of a last "delta" event: text not yet streamed; "" for none),
---    webhook (the event type to tell webhook receivers of, e.g. "turn.completed"; ""
---    for none: an outbox message is written only here, only when the commit is made),
---    now_ms, session_ttl_ms, lock_ttl_ms, events_ttl_ms, channel
--- Returns {"OK", released (0|1), record JSON} | {"NOT_OWNER"} | {"DUPLICATE"}
---       | {"OUT_OF_ORDER"}. Only "OK" writes anything. The mailbox is in acceptance
--- order, so "the next expected turn" is exactly its head.
+-- A: token, generation (the stop generation begin answered), turn_id, members (ids of the
+--    coalesced turns the head's model call also answered), span (mailbox entries the
+--    group covers), status ("completed" | "failed"), output (object or null), error
+--    (object or null), messages (JSON documents, as strings, for history), tail (data of
+--    a last "delta" event: text not yet streamed; "" for none), webhook (the event type
+--    to tell webhook receivers of, e.g. "turn.completed"; "" for none: an outbox message
+--    is written only here, only when the commit is made), now_ms, session_ttl_ms,
+--    lock_ttl_ms, events_ttl_ms, channel
+-- Returns {"OK", released (0|1), record JSON} | {"NOT_OWNER"} | {"STOPPED"}
+--       | {"DUPLICATE"} | {"OUT_OF_ORDER"}. Only "OK" writes anything. The mailbox is in
+-- acceptance order, so "the next expected turn" is exactly its head. STOPPED: the attempt
+-- was made void since it began (a cancel, or a message joined the group).
 if redis.call("GET", KEYS[1]) ~= A.token then
   return {"NOT_OWNER"}
 end
+if (tonumber(redis.call("HGET", KEYS[4], "stops")) or 0) ~= A.generation then
+  return {"STOPPED"}
+end
 local raw = redis.call("HGET", KEYS[5], A.turn_id)
 local rec = raw and cjson.decode(raw)
-if not rec or (rec.status ~= "queued" and rec.status ~= "running") then
+if not is_active(rec) then
   return {"DUPLICATE"}
 end
-if redis.call("LINDEX", KEYS[2], 0) ~= A.turn_id then
+local covered = redis.call("LRANGE", KEYS[2], 0, A.span - 1)
+local last = A.members[#A.members] or A.turn_id
+if covered[1] ~= A.turn_id or covered[A.span] ~= last then
   return {"OUT_OF_ORDER"}
+end
+local group = {rec}
+if #A.members > 0 then
+  local raws = redis.call("HMGET", KEYS[5], unpack(A.members))
+  for i = 1, #A.members do
+    local member = raws[i] and cjson.decode(raws[i])
+    if not is_active(member) then
+      return {"STOPPED"}
+    end
+    group[#group + 1] = member
+  end
 end
 
 if rec.kind == "clear" then
@@ -29,24 +48,36 @@ if rec.kind == "clear" then
 elseif A.status == "completed" and #A.messages > 0 then
   redis.call("RPUSH", KEYS[3], unpack(A.messages))
 end
-rec.status = A.status
-rec.output = A.output
-rec.error = A.error
-rec.finished_at = A.now_ms
-local encoded = cjson.encode(rec)
-redis.call("HSET", KEYS[5], A.turn_id, encoded)
-redis.call("HSET", KEYS[4], "done_seq", rec.seq, "updated_at", A.now_ms)
-redis.call("LPOP", KEYS[2])
+local encoded
+for i, member in ipairs(group) do
+  member.status = A.status
+  member.output = A.output
+  member.error = A.error
+  member.finished_at = A.now_ms
+  if i > 1 then
+    member.answered_by = A.turn_id
+  end
+  local doc = cjson.encode(member)
+  redis.call("HSET", KEYS[5], member.id, doc)
+  if i == 1 then
+    encoded = doc
+  end
+end
+redis.call("HSET", KEYS[4], "done_seq", group[#group].seq, "updated_at", A.now_ms)
+redis.call("HINCRBY", KEYS[4], "finished", #group)
+redis.call("LTRIM", KEYS[2], A.span, -1)
 
 if A.tail ~= "" then
   emit(KEYS[7], A.turn_id, "delta", A.tail)
 end
-emit(KEYS[7], A.turn_id, "final", encoded)
+for i, member in ipairs(group) do
+  emit(KEYS[7], member.id, "final", i == 1 and encoded or redis.call("HGET", KEYS[5], member.id))
+end
 redis.call("XTRIM", KEYS[7], "MINID", string.format("%.0f", A.now_ms - A.events_ttl_ms))
 if A.webhook ~= "" then
-  redis.call("RPUSH", KEYS[8], cjson.encode({
-    msg = "msg_" .. A.turn_id, type = A.webhook, turn_id = A.turn_id, at = A.now_ms}))
-  redis.call("PEXPIRE", KEYS[8], A.session_ttl_ms)
+  for _, member in ipairs(group) do
+    announce(KEYS[8], member, A.webhook, A.now_ms, A.session_ttl_ms)
+  end
 end
 
 expire(A.session_ttl_ms, 3, 6)

@@ -1,12 +1,16 @@
 -- delta: append streamed model text (or the news that a try's text is abandoned) to the
--- session's events, only for the lock holder (a worker that lost its lock never writes,
--- not even a token delta).
+-- session's events, only for the lock holder's current attempt (a worker that lost its
+-- lock, or whose attempt was stopped, never writes, not even a token delta).
 --
--- KEYS[1] lock   KEYS[2] events
--- A: token, turn_id, type ("delta" | "reset"), data (JSON: attempt, try[, text]), channel
--- Returns 1 appended | 0 not the holder (nothing written).
+-- KEYS[1] lock   KEYS[2] events   KEYS[3] meta
+-- A: token, generation, turn_id, type ("delta" | "reset"), data (JSON: attempt, try[,
+--    text]), channel
+-- Returns 1 appended | 0 not the holder | 2 the attempt was stopped (nothing written).
 if redis.call("GET", KEYS[1]) ~= A.token then
   return 0
+end
+if (tonumber(redis.call("HGET", KEYS[3], "stops")) or 0) ~= A.generation then
+  return 2
 end
 -- What emit does, less its PEXPIRE: the stream's expiry was set when the turn began and is set
 -- again when it commits (one command less per delta; a process sends thousands a second).
