@@ -61,6 +61,12 @@ async def submit(
     )
     if accepted.lock_held:
         return Submitted(accepted, None)
+    return Submitted(accepted, await wake(wake_ups, keys))
+
+
+async def wake(wake_ups: WakeUps, keys: SessionKeys) -> bool:
+    """Send a worker a wake-up for the session; False (logged) when it could not be sent:
+    the sweeper sends another."""
     try:
         async with asyncio.timeout(WAKE_UP_TIMEOUT_S):
             await wake_ups.send(keys.tenant, keys.session)
@@ -68,5 +74,5 @@ async def submit(
         log.warning(
             "wake-up for %s not sent; the sweeper will send one", keys.member, exc_info=True
         )
-        return Submitted(accepted, False)
-    return Submitted(accepted, True)
+        return False
+    return True

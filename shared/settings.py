@@ -59,7 +59,7 @@ class Settings(BaseSettings):
 
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
     max_message_chars: int = Field(default=32_000, ge=1)
-    max_pending_turns: int = Field(default=1000, ge=1)
+    max_pending_turns: int = Field(default=1000, ge=1, le=5000)  # scripts read them at once
     max_wait_s: float = Field(default=60.0, ge=0)
     max_waiters: int = Field(default=10_000, ge=0)
     keepalive_s: float = Field(default=15.0, gt=0)

@@ -92,8 +92,10 @@ async def drain_session(rt: Runtime, tenant: str, session: str) -> DrainReport:
             head = await store.begin(keys, lease.token)
             while head is not None:
                 if isinstance(head, Debounce):
+                    lease.renewed(head.generation)  # nothing of this worker's is void now
                     await asyncio.sleep(head.wait_s)
-                    lease.check()
+                    if lease.lost.is_set():
+                        raise LockLost("session lock lost while waiting")
                     head = await store.begin(keys, lease.token)
                     continue
                 lease.renewed(head.generation)
@@ -103,7 +105,7 @@ async def drain_session(rt: Runtime, tenant: str, session: str) -> DrainReport:
                     stopped += 1
                     head = await store.begin(keys, lease.token)
                     continue
-                webhook = await webhook_event(rt, keys.tenant, head.turn, outcome)
+                webhook = await webhook_event(rt, keys.tenant, head.group, outcome)
                 try:
                     released = await store.commit(keys, lease.token, head, outcome, webhook=webhook)
                 except CommitRejected as rejected:
@@ -150,9 +152,9 @@ async def run_turn(rt: Runtime, lease: Lease, head: Head) -> Outcome:
     if turn.kind == "clear":
         return Outcome(status="completed")
     settings = rt.settings
-    if turn.attempt - turn.restarts > settings.max_turn_attempts:
+    if turn.crashes >= settings.max_turn_attempts:
         # Earlier attempts died with their worker (crash, OOM, kill): do not try forever.
-        message = f"the turn was started {turn.attempt - 1} times without finishing"
+        message = f"the turn was started {turn.crashes} times without finishing"
         return _failed("attempts_exhausted", message)
     said = [((t.input or {}).get("content", ""), t.id) for t in head.group]
     writer = rt.deltas.writer(lease, turn.id, turn.attempt)
@@ -193,13 +195,15 @@ async def run_turn(rt: Runtime, lease: Lease, head: Head) -> Outcome:
 
 
 async def webhook_event(
-    rt: Runtime, tenant: str, turn: Turn, outcome: Outcome
+    rt: Runtime, tenant: str, group: tuple[Turn, ...], outcome: Outcome
 ) -> EventName | Literal[""]:
-    """The webhook event a turn's commit announces (``""``: nobody listens)."""
+    """The webhook event the commit of a turn (with its coalesced group) announces
+    (``""``: nobody listens)."""
+    turn = group[0]
     if turn.kind != "message":
         return ""
     event: EventName = "turn.completed" if outcome.status == "completed" else "turn.failed"
-    if turn.webhook or await rt.outbox.subscribed(tenant, event):
+    if any(t.webhook for t in group) or await rt.outbox.subscribed(tenant, event):
         return event
     return ""
 

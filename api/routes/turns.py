@@ -30,7 +30,7 @@ from api.schemas import TurnIn, TurnsPage
 from api.state import AppState
 from api.waiting import accepted_turn
 from shared.addresses import TargetRefused, parse
-from shared.intake import submit
+from shared.intake import submit, wake
 from shared.keys import SessionKeys
 from shared.store import Turn, wait_for_turn
 
@@ -155,9 +155,12 @@ async def cancel_turn(keys: Keys, turn_id: TurnId, state: State) -> Turn | Respo
     cancelled = await state.store.cancel(keys, turn_id, announce=announce)
     turn = cancelled.turn
     if cancelled.changed:
-        content = (turn.input or {}).get("content", "")
-        await refund(state, keys.tenant, state.quotas.turn_estimate(content))
+        if turn.kind == "message":  # a clear reserved nothing
+            content = (turn.input or {}).get("content", "")
+            await refund(state, keys.tenant, state.quotas.turn_estimate(content))
         await note_outbox(state, keys)
+        if cancelled.orphaned:
+            await wake(state.wake_ups, keys)
     elif turn.status != "cancelled":
         return problem(
             409,

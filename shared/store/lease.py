@@ -151,9 +151,10 @@ class Heartbeat:
         """Renew every lease at once; mark lost those that are gone and stop those whose
         attempt was stopped (a stop notice this process missed)."""
         leases = list(self._leases)
+        generations = [lease.generation for lease in leases]
         try:
             renewed = await self._store.renew(
-                [(lease.keys, lease.token, lease.generation) for lease in leases]
+                [(lease.keys, lease.token, g) for lease, g in zip(leases, generations, strict=True)]
             )
         except Exception:  # a Redis outage must not end the heartbeat
             log.warning("lease renewal failed; retrying next beat", exc_info=True)
@@ -162,11 +163,11 @@ class Heartbeat:
                     lease.mark_lost()
             return
         self._last_renewal = time.monotonic()
-        for lease, answer in zip(leases, renewed, strict=True):
+        for lease, sent, answer in zip(leases, generations, renewed, strict=True):
             if answer == 0:
                 lease.mark_lost()
             elif answer == 2:
-                lease.stop()
+                lease.stop(sent + 1)  # void if the worker began anew meanwhile
 
     async def run(self) -> None:
         """Beat until cancelled."""

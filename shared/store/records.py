@@ -87,8 +87,8 @@ class Turn(BaseModel):
         default=None, description="Why the turn was cancelled (status `cancelled`)."
     )
     debounce_ms: int = Field(default=0, exclude=True)
-    restarts: int = Field(
-        default=0, exclude=True, description="Attempts its own worker stopped (not crashes)."
+    crashes: int = Field(
+        default=0, exclude=True, description="Attempts that died with their worker."
     )
     events_from: str | None = Field(
         default=None, exclude=True, description="The id of the turn's first event."

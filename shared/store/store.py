@@ -127,9 +127,11 @@ class Head:
 @dataclass(frozen=True, slots=True)
 class Debounce:
     """``begin`` found the head's coalesced group still inside its debounce window: the
-    lock is held; begin again after ``wait_s``."""
+    lock is held; begin again after ``wait_s``. ``generation``: the session's stop
+    generation now (nothing this worker runs is void)."""
 
     wait_s: float
+    generation: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +142,8 @@ class Cancelled:
     turn: Turn
     changed: bool
     was_running: bool = False
+    orphaned: bool = False
+    """Turns are left on the mailbox and no worker holds the session: wake one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,7 +370,7 @@ class SessionStore:
         if reply[0] == "EMPTY":
             return None
         if reply[0] == "WAIT":
-            return Debounce(int(reply[1]) / 1000)
+            return Debounce(int(reply[1]) / 1000, int(reply[2]))
         members = tuple(Turn.model_validate(doc) for doc in orjson.loads(reply[4]))
         return Head(
             Turn.from_json(reply[1]),
@@ -428,7 +432,7 @@ class SessionStore:
         settings = self.settings
         reply = await self.scripts.cancel(
             self.client,
-            [keys.meta, keys.mailbox, keys.turns, keys.events, keys.outbox],
+            [keys.meta, keys.mailbox, keys.turns, keys.events, keys.outbox, keys.lock],
             {
                 "turn_id": turn_id,
                 "announce": announce,
@@ -444,7 +448,9 @@ class SessionStore:
         turn = Turn.from_json(reply[1])
         if reply[0] == "FINISHED":
             return Cancelled(turn, changed=False)
-        return Cancelled(turn, changed=True, was_running=bool(int(reply[2])))
+        return Cancelled(
+            turn, changed=True, was_running=bool(int(reply[2])), orphaned=bool(int(reply[3]))
+        )
 
     async def set_defaults(self, keys: SessionKeys, defaults: TurnDefaults) -> None:
         """Set (or, with None fields, unset) a session's double-texting defaults; the

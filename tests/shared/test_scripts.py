@@ -16,8 +16,8 @@ from shared.store.scripts import NAMES, source
 # Commands whose first argument is a key (every one the scripts use).
 KEY_COMMANDS = {
     "DEL", "EXISTS", "GET", "HDEL", "HGET", "HINCRBY", "HMGET", "HSET", "HSETNX", "LINDEX",
-    "LLEN", "LPOP", "LRANGE", "LREM", "LTRIM", "PEXPIRE", "RPUSH", "SET", "XADD", "XTRIM", "ZADD", "ZREM",
-    "ZSCORE", "ZRANGEBYSCORE",
+    "LLEN", "LPOP", "LRANGE", "LREM", "LTRIM", "PEXPIRE", "RPUSH", "SET", "XADD", "XTRIM",
+    "ZADD", "ZREM", "ZSCORE", "ZRANGEBYSCORE",
 }  # fmt: skip
 CALL = re.compile(r'redis\.call\("([A-Z]+)",\s*([^,)]+)')
 # Names the prelude binds to a key only ever taken from KEYS at every call site.

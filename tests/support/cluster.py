@@ -36,7 +36,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 class Cluster:
-    """``workers`` Celery worker processes and one API process on a free port."""
+    """``workers`` Celery worker processes and ``apis`` API processes (none with
+    ``api=False``), each on a free port; ``base_url`` is the first one's."""
 
     def __init__(
         self,
@@ -46,14 +47,17 @@ class Cluster:
         workers: int = 3,
         concurrency: int = 16,
         api: bool = True,
+        apis: int = 1,
     ) -> None:
         self.settings = settings
         self.logs = logs
         self.workers = workers
         self.concurrency = concurrency
         self.with_api = api
-        self.port = free_port()
+        self.ports = [free_port() for _ in range(apis if api else 0)] or [free_port()]
+        self.port = self.ports[0]
         self.api: subprocess.Popen[bytes] | None = None
+        self.api_procs: list[subprocess.Popen[bytes]] = []
         self.worker_procs: list[subprocess.Popen[bytes]] = []
         self._env = {
             **os.environ,
@@ -65,6 +69,11 @@ class Cluster:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_urls(self) -> list[str]:
+        """Every API process's address."""
+        return [f"http://127.0.0.1:{port}" for port in self.ports]
 
     def spawn_worker(self, name: str) -> subprocess.Popen[bytes]:
         proc = spawn(
@@ -85,19 +94,24 @@ class Cluster:
             names = [f"w{i + 1}" for i in range(self.workers)]
             procs = [self.spawn_worker(name) for name in names]  # they boot in parallel
             if self.with_api:
-                self.api = spawn(
-                    api_command("127.0.0.1", self.port, "--log-level", "warning"),
-                    self._env,
-                    log=self.logs / "api.log",
-                    cwd=ROOT,
-                )
+                for i, port in enumerate(self.ports):
+                    self.api_procs.append(
+                        spawn(
+                            api_command("127.0.0.1", port, "--log-level", "warning"),
+                            self._env,
+                            log=self.logs / ("api.log" if i == 0 else f"api{i + 1}.log"),
+                            cwd=ROOT,
+                        )
+                    )
+                self.api = self.api_procs[0]
             for name, proc in zip(names, procs, strict=True):
                 wait_for_log(self.logs / f"{name}.log", b" ready.", proc)
-            if self.with_api:
+            for i, (url, proc) in enumerate(zip(self.base_urls, self.api_procs, strict=True)):
                 try:
-                    wait_for_ready(self.base_url, [self.api])
+                    wait_for_ready(url, [proc])
                 except StartupFailed as failed:
-                    log = (self.logs / "api.log").read_text()[-3000:]
+                    name = "api.log" if i == 0 else f"api{i + 1}.log"
+                    log = (self.logs / name).read_text()[-3000:]
                     raise StartupFailed(f"{failed}:\n{log}") from failed
         except BaseException:
             self.__exit__()
@@ -105,4 +119,5 @@ class Cluster:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        stop_all([*self.worker_procs, *([self.api] if self.api else [])], grace_s=15)
+        apis = [*self.api_procs, *([self.api] if self.api not in self.api_procs else [])]
+        stop_all([*self.worker_procs, *[p for p in apis if p is not None]], grace_s=15)

@@ -272,6 +272,9 @@ class StreamingModelServer:
         except (ConnectionError, asyncio.CancelledError):
             stats.abandoned += 1
             raise
+        except RuntimeError:  # uvloop: the client closed the transport between two writes
+            stats.abandoned += 1
+            return False
         finally:
             stats.open_streams -= 1
 

@@ -17,8 +17,14 @@ local function expire(ttl_ms, first, last)
   end
 end
 
-local function is_active(rec)
-  return rec ~= nil and (rec.status == "queued" or rec.status == "running")
+local function is_active(rec)  -- rec: a decoded record, or nil/false for a missing one
+  return type(rec) == "table" and (rec.status == "queued" or rec.status == "running")
+end
+
+-- The characters (code points) of a UTF-8 string, as Python's len() counts them.
+local function chars(text)
+  local _, count = string.gsub(text, "[^\128-\191]", "")
+  return count
 end
 
 -- A turn's outbox message (its webhook event), written in the same step as its status.

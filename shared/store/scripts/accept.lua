@@ -92,7 +92,7 @@ elseif rec.strategy == "interrupt" or rec.strategy == "rollback" then
   for _, other in ipairs(active) do
     if other.kind == "message" then
       local input = other.input or {}
-      cancelled[#cancelled + 1] = {other.id, string.len(input.content or "")}
+      cancelled[#cancelled + 1] = {other.id, chars(input.content or "")}
       if cancel_turn(KEYS[3], KEYS[6], KEYS[9], other, reason, rec.id, keep,
           A.announce_cancel) then
         stop = true

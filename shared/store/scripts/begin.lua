@@ -7,7 +7,8 @@
 --    events_ttl_ms, channel
 -- Returns {"BUSY"} when another token holds the lock;
 --         {"EMPTY"} when nothing is pending (the lock is then not held by this token);
---         {"WAIT", ms} when the group waits out its debounce (the lock is then held);
+--         {"WAIT", ms, generation} when the group waits out its debounce (the lock is
+--         then held);
 --         {"OK", head JSON, generation, span, members JSON, message...} otherwise: the
 --         head and the coalesced turns after it (members: a JSON array of records; span:
 --         the mailbox entries the group covers) marked running with the attempt counted,
@@ -63,12 +64,20 @@ while true do
       end
     end
     redis.call("SET", KEYS[1], A.token, "PX", A.lock_ttl_ms)
-    if due > A.now_ms then
-      return {"WAIT", due - A.now_ms}
+    -- A turn still "running" while no worker holds the lock was started by a worker that
+    -- died (a stop by this worker keeps the lock): count it, once, as a crash.
+    if not holder then
+      for _, member in ipairs(group) do
+        if member.status == "running" then
+          member.crashes = (member.crashes or 0) + 1
+          member.status = "queued"
+          redis.call("HSET", KEYS[5], member.id, cjson.encode(member))
+        end
+      end
     end
-    if holder == A.token and rec.status == "running" then
-      -- This worker stopped its own attempt (a cancel, a regroup): not a crash.
-      rec.restarts = (rec.restarts or 0) + 1
+    local generation = tonumber(redis.call("HGET", KEYS[4], "stops")) or 0
+    if due > A.now_ms then
+      return {"WAIT", due - A.now_ms, generation}
     end
     rec.group = #group
     local members = {}
@@ -88,7 +97,6 @@ while true do
       end
     end
     expire(A.session_ttl_ms, 2, 6)
-    local generation = tonumber(redis.call("HGET", KEYS[4], "stops")) or 0
     local reply = {"OK", cjson.encode(rec), generation, span, "[" .. table.concat(members, ",") .. "]"}
     if A.window > 0 then
       local messages = redis.call("LRANGE", KEYS[3], -A.window, -1)
