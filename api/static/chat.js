@@ -5,6 +5,7 @@
 //   GET    /v1/sessions/{id}/messages          the history (a 404: no such session yet)
 //   GET    /v1/sessions/{id}/turns/{turn}      a turn seen on the stream but not sent here
 //   GET    /v1/sessions/{id}/events            one event stream per open conversation
+//   POST   /v1/sessions/{id}/turns/{turn}/cancel  Stop: end a queued or running turn
 //   DELETE /v1/sessions/{id}                   clear the conversation
 //
 // Every request goes through fetch, so each can carry the API key (`Authorization:
@@ -29,6 +30,7 @@
   const HISTORY_PAGE = 1000; // the API's page size limit for messages
   const TERMINAL = new Set(["completed", "failed", "cancelled"]);
   const STICK_PX = 80; // "at the bottom" when this close to it
+  const PROBLEM = "urn:chatlane:problem:"; // how the API's problem types begin
 
   const $ = (id) => document.getElementById(id);
   const ui = {
@@ -49,6 +51,7 @@
     form: $("message-form"),
     input: $("message-input"),
     send: $("send-button"),
+    stop: $("stop-button"),
     keyForm: $("key-form"),
     keyReason: $("key-reason"),
     keyInput: $("key-input"),
@@ -75,6 +78,8 @@
       retryMs: 1000, // after a refused or failed one: doubles up to 30 s
       retryTimer: null,
       pendingSends: 0,
+      sending: new Set(), // the local records of messages whose POST is not answered yet
+      stopping: 0, // Stop's cancel requests not answered yet
       historyOrder: 0, // orders history turns whose seq is unknown (older than the list)
     };
   }
@@ -451,6 +456,7 @@
     status.setAttribute("role", rec.status === "failed" || rec.status === "unsent" ? "alert" : "status");
     reply.hidden = rec.status === undefined && rec.text === "";
     if (stick) scrollToEnd();
+    updateStop();
   }
 
   function atBottom() {
@@ -474,6 +480,7 @@
     }
     const stale = ':scope > .notice, :scope > .turn[data-status="unsent"]';
     for (const n of ui.messages.querySelectorAll(stale)) n.remove();
+    updateStop();
   }
 
   // Apply a whole turn (from the list, a lookup, a POST answer or a final event).
@@ -511,6 +518,7 @@
     ui.empty.textContent = fresh ? "New conversation: say something." : "Loading…";
     ui.current.textContent = id;
     ui.clear.disabled = true;
+    updateStop();
     document.title = `${id} · chatlane`;
     if (location.hash.slice(1) !== id) history.replaceState(null, "", `#${id}`);
     remember(id);
@@ -860,6 +868,7 @@
       node: null,
       lookup: true,
     };
+    mine.sending.add(local);
     render(local);
     scrollToEnd();
     mine.pendingSends += 1;
@@ -867,6 +876,7 @@
     try {
       turn = await call("POST", api(mine.id, "/turns"), { content });
     } catch (err) {
+      mine.sending.delete(local);
       if (mine !== conv) return;
       local.status = "unsent";
       local.error = `Not sent. ${err.message}`;
@@ -882,6 +892,7 @@
     } finally {
       mine.pendingSends -= 1;
     }
+    mine.sending.delete(local);
     if (mine !== conv) return;
     const rec = turnRecord(turn.id);
     if (rec.node) {
@@ -894,6 +905,7 @@
     render(rec);
     place(rec);
     scrollToEnd();
+    if (local.stopWanted && !TERMINAL.has(rec.status)) stopTurns(mine, [rec]); // Stop came first
     if (!mine.exists) {
       mine.exists = true;
       ui.clear.disabled = false;
@@ -915,6 +927,78 @@
       if (mine === conv) showError(`Could not clear the conversation. ${err.message}`);
     }
     // The clear turn's `completed` event empties the view when its turn comes.
+  }
+
+  // ---- stopping --------------------------------------------------------------------
+
+  // The turns Stop ends: every message turn shown as queued or running, newest first (so
+  // that none still queued starts when the one before it ends). A session's turns run in
+  // order: there are some exactly while its latest turn is queued or running.
+  function openTurns(mine) {
+    const open = [];
+    for (const rec of mine.turns.values()) {
+      if (rec.kind !== "message" || !rec.node || !rec.node.isConnected) continue;
+      if (rec.status === "queued" || rec.status === "running") open.push(rec);
+    }
+    return open.sort((a, b) => sortKey(b) - sortKey(a));
+  }
+
+  // Stop shows while a turn is queued or running, or a message is on its way; it says
+  // "Stopping…" (and does nothing more) until its requests are answered.
+  function updateStop() {
+    const mine = conv;
+    const busy = mine !== null && (mine.sending.size > 0 || openTurns(mine).length > 0);
+    const stopping =
+      busy && (mine.stopping > 0 || [...mine.sending].some((local) => local.stopWanted));
+    if (!busy && !ui.stop.hidden && document.activeElement === ui.stop) ui.input.focus();
+    ui.stop.hidden = !busy;
+    ui.stop.textContent = stopping ? "Stopping…" : "Stop";
+    if (stopping) ui.stop.setAttribute("aria-disabled", "true");
+    else ui.stop.removeAttribute("aria-disabled");
+  }
+
+  function stop() {
+    const mine = conv;
+    if (!mine || mine.stopping > 0) return;
+    for (const local of mine.sending) local.stopWanted = true; // cancelled once answered
+    stopTurns(mine, openTurns(mine));
+    updateStop();
+  }
+
+  async function stopTurns(mine, targets) {
+    if (!targets.length) return;
+    mine.stopping += 1;
+    updateStop();
+    try {
+      for (const rec of targets) await cancelTurn(mine, rec.id);
+    } finally {
+      mine.stopping -= 1;
+      if (mine === conv) updateStop();
+    }
+  }
+
+  // Cancel one turn: it shows as cancelled (the stream's `cancelled` event says the same).
+  // One that finished first (409 turn-finished) shows as it finished, and nothing is said.
+  async function cancelTurn(mine, id) {
+    const url = api(mine.id, `/turns/${encodeURIComponent(id)}`);
+    let turn;
+    try {
+      turn = await call("POST", `${url}/cancel`);
+    } catch (err) {
+      if (mine !== conv) return;
+      if (err.status !== 409 || !err.body || err.body.type !== `${PROBLEM}turn-finished`) {
+        showError(`Could not stop the reply. ${err.message}`);
+        return;
+      }
+      try {
+        turn = await call("GET", url); // its final event shows it too, once the stream has it
+      } catch {
+        return;
+      }
+    }
+    if (mine !== conv || !turn || !TERMINAL.has(turn.status)) return;
+    const rec = applyTurn(turn);
+    if (rec.node || rec.kind === "message") render(rec);
   }
 
   function newId() {
@@ -957,6 +1041,7 @@
     openSession(id);
   });
   ui.clear.addEventListener("click", clearConversation);
+  ui.stop.addEventListener("click", stop);
   ui.errorDismiss.addEventListener("click", hideError);
   ui.keyForm.addEventListener("submit", submitKey);
   ui.forgetKey.addEventListener("click", forgetKey);
