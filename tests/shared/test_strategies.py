@@ -206,3 +206,11 @@ async def test_a_missed_stop_notice_is_heard_at_the_next_lease_renewal(
         with pytest.raises(TurnStopped):
             lease.check()
         assert not lease.lost.is_set()  # stopped, not lost: the lock is still its own
+
+
+async def test_interrupted_turns_are_refunded_by_their_characters(
+    store: SessionStore, keys: SessionKeys
+) -> None:
+    first = await _say(store, keys, "é" * 4 + "🙂")
+    accepted = await store.accept(keys, input_doc={"content": "b"}, strategy="interrupt")
+    assert accepted.cancelled == ((first, 5),)  # as Python counts them: five characters

@@ -113,3 +113,24 @@ async def test_a_coalesced_turn_with_its_own_webhook_is_announced(
     assert [t.webhook for t in group] == [None, "https://example.com/hook"]
     done = Outcome(status="completed", output={"content": "ok"})
     assert await webhook_event(rt, "default", group, done) == "turn.completed"
+
+
+async def test_a_cancel_heard_while_a_restarted_group_waits_leaves_the_rest_to_run(
+    client: redis.Redis, make_settings: Callable[..., Settings], make_runtime: RuntimeFactory
+) -> None:
+    settings = make_settings(lock_ttl_s=0.6)  # a renewal lands inside the wait
+    model = Slow(prompts=[], finished=[])
+    rt = make_runtime(settings, model)
+    keys = rt.store.keys("default", "cancelled-while-waiting")
+    first = await _say(rt.store, keys, "a", strategy="coalesce", debounce_s=0.1)
+    draining = asyncio.create_task(drain_session(rt, "default", "cancelled-while-waiting"))
+    await eventually(lambda: len(model.prompts) == 1)
+    second = await _say(rt.store, keys, "b", strategy="coalesce", debounce_s=0.6)
+    await asyncio.sleep(0.1)  # the group [a, b] now waits out b's debounce; a is "running"
+    assert (await rt.store.cancel(keys, first)).was_running
+
+    report = await asyncio.wait_for(draining, 10)
+
+    assert (report.committed, report.lost_lock) == (1, False)
+    assert model.prompts == [["a"], ["b"]]
+    assert [_turn(client, keys, t).status for t in (first, second)] == ["cancelled", "completed"]
