@@ -68,6 +68,7 @@ def _requests(sid: str, tid: str, ep: str, dead: str) -> list[tuple[str, str]]:
         ("POST", f"/v1/webhooks/endpoints/{ep}/rotate-secret"),
         ("POST", f"/v1/webhooks/endpoints/{ep}/enable"),
         ("POST", f"/v1/webhooks/dead-letters/{dead}/replay"),
+        ("POST", f"/v1/sessions/{sid}/turns/{tid}/cancel"),
         ("DELETE", f"/v1/webhooks/endpoints/{ep}"),
         ("DELETE", f"/v1/sessions/{sid}"),
     ]
@@ -128,3 +129,19 @@ def test_one_session_id_in_two_tenants_is_two_conversations(
     seen_b = [m["data"]["content"] for m in b("GET", "/v1/sessions/same/messages").json()["data"]]
     assert seen_a == ["from acme", "to acme"]
     assert seen_b == ["from globex", "to globex"]
+
+
+def test_another_tenant_can_neither_cancel_a_turn_nor_change_a_sessions_defaults(
+    tenants: tuple[Caller, Caller, Settings],
+) -> None:
+    a, b, _ = tenants
+    queued = a("POST", "/v1/sessions/shared/turns", json={"content": "wait for me"}).json()
+    assert b("POST", f"/v1/sessions/shared/turns/{queued['id']}/cancel").status_code == 404
+    assert a("GET", f"/v1/sessions/shared/turns/{queued['id']}").json()["status"] == "queued"
+    made = b("PUT", "/v1/sessions/shared/defaults", json={"strategy": "reject"})
+    assert made.status_code == 200  # its own session of that name
+    assert a("GET", "/v1/sessions/shared").json()["strategy"] is None
+    assert b("PUT", "/v1/defaults", json={"strategy": "rollback"}).status_code == 200
+    assert a("GET", "/v1/defaults").json()["strategy"] is None
+    second = a("POST", "/v1/sessions/shared/turns", json={"content": "and me"})
+    assert second.status_code == 202 and second.json()["strategy"] == "enqueue"
