@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
-from fastapi import Response
+from fastapi import Request, Response
 
 from api.state import AppState
 from shared.errors import TooManyWaiters
@@ -42,3 +43,31 @@ async def accepted_turn(
     if turn.is_terminal and wait_s > 0:
         response.status_code = 200
     return turn
+
+
+async def answer_unless_gone(
+    state: AppState,
+    keys: SessionKeys,
+    submitted: Submitted,
+    wait_s: float,
+    response: Response,
+    request: Request,
+) -> Turn | None:
+    """``accepted_turn``, unless the client goes away first: None then (the caller
+    cancels the turn: nobody is left to read it)."""
+    answering = asyncio.ensure_future(accepted_turn(state, keys, submitted, wait_s, response))
+    watching = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait((answering, watching), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watching.cancel()
+    if answering.done():
+        return answering.result()
+    answering.cancel()
+    return None
+
+
+async def _disconnected(request: Request) -> None:
+    """Return once the client has closed the connection (the body was read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import suppress
 from typing import Annotated, Literal
 
@@ -9,6 +10,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from redis.exceptions import RedisError
+from starlette.requests import ClientDisconnect
 
 from api.deps import Keys, State, TurnId, Wait
 from api.openapi import (
@@ -28,11 +30,11 @@ from api.openapi import (
 from api.problems import problem
 from api.schemas import TurnIn, TurnsPage
 from api.state import AppState
-from api.waiting import accepted_turn
+from api.waiting import accepted_turn, answer_unless_gone
 from shared.addresses import TargetRefused, parse
 from shared.intake import submit, wake
 from shared.keys import SessionKeys
-from shared.store import Turn, wait_for_turn
+from shared.store import Cancelled, Turn, wait_for_turn
 
 router = APIRouter(prefix="/v1/sessions/{session_id}/turns", tags=["turns"])
 
@@ -80,7 +82,17 @@ async def create_turn(
     state: State,
     response: Response,
     wait: Wait,
+    request: Request,
     idempotency_key: IdempotencyKey = None,
+    cancel_on_disconnect: Annotated[
+        bool,
+        Query(
+            description=(
+                "With `wait`: cancel the turn if the client closes the connection before "
+                "the answer. Without it, a client that goes away leaves the turn running."
+            )
+        ),
+    ] = False,
 ) -> Turn | Response:
     """Accept a chat turn; it runs after every earlier turn of the session."""
     limit = state.settings.max_message_chars
@@ -124,6 +136,13 @@ async def create_turn(
         for _, chars in accepted.cancelled:
             await refund(state, keys.tenant, state.quotas.turn_estimate(chars))
         await note_outbox(state, keys)
+    if cancel_on_disconnect and wait > 0 and not accepted.replayed:
+        answer = await answer_unless_gone(state, keys, submitted, wait, response, request)
+        if answer is None:
+            with suppress(RedisError):
+                await asyncio.shield(cancel(state, keys, accepted.turn_id))
+            raise ClientDisconnect()
+        return answer
     return await accepted_turn(state, keys, submitted, wait, response)
 
 
@@ -141,16 +160,9 @@ async def note_outbox(state: AppState, keys: SessionKeys) -> None:
         await state.outbox.note(keys)
 
 
-@router.post(
-    "/{turn_id}/cancel",
-    response_model=Turn,
-    responses=problems(TURN_NOT_FOUND, TURN_FINISHED),
-)
-async def cancel_turn(keys: Keys, turn_id: TurnId, state: State) -> Turn | Response:
-    """Cancel a queued or running turn: nothing of it is kept (its message does not
-    enter history), and the session's next turn runs at once. A running turn's model
-    call is stopped within a second. Repeating the call answers the same; a turn that
-    had already completed or failed is left as it was (``409 turn-finished``)."""
+async def cancel(state: AppState, keys: SessionKeys, turn_id: str) -> Cancelled:
+    """Cancel a turn and settle what that owes: its token reservation back, its
+    ``turn.cancelled`` webhook event, a wake-up for turns left undrained."""
     announce = await state.outbox.subscribed(keys.tenant, "turn.cancelled")
     cancelled = await state.store.cancel(keys, turn_id, announce=announce)
     turn = cancelled.turn
@@ -161,7 +173,22 @@ async def cancel_turn(keys: Keys, turn_id: TurnId, state: State) -> Turn | Respo
         await note_outbox(state, keys)
         if cancelled.orphaned:
             await wake(state.wake_ups, keys)
-    elif turn.status != "cancelled":
+    return cancelled
+
+
+@router.post(
+    "/{turn_id}/cancel",
+    response_model=Turn,
+    responses=problems(TURN_NOT_FOUND, TURN_FINISHED),
+)
+async def cancel_turn(keys: Keys, turn_id: TurnId, state: State) -> Turn | Response:
+    """Cancel a queued or running turn: nothing of it is kept (its message does not
+    enter history), and the session's next turn runs at once. A running turn's model
+    call is stopped within a second. Repeating the call answers the same; a turn that
+    had already completed or failed is left as it was (``409 turn-finished``)."""
+    cancelled = await cancel(state, keys, turn_id)
+    turn = cancelled.turn
+    if not cancelled.changed and turn.status != "cancelled":
         return problem(
             409,
             "Turn already finished",

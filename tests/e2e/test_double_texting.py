@@ -6,6 +6,7 @@ cancelled attempt is ever committed."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -334,3 +335,30 @@ def test_session_and_tenant_defaults_choose_the_strategy_of_turns_that_do_not(
     finally:
         http.put("/v1/defaults", json={})
     http.close()
+
+
+def _post_and_hang_up(cluster: Cluster, session: str, query: str, after_s: float) -> None:
+    """POST a slow turn with ``?wait``, then close the connection before the answer."""
+    body = b'{"content": "long tokens=100"}'
+    head = (
+        f"POST /v1/sessions/{session}/turns?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", cluster.port), timeout=10) as sock:
+        sock.sendall(head + body)
+        time.sleep(after_s)
+
+
+def test_a_client_that_hangs_up_on_a_wait_cancels_the_turn_only_when_it_asked_to(
+    cluster: Cluster, stub: StreamingModelServer, client: redis.Redis
+) -> None:
+    _post_and_hang_up(cluster, "hang-up-kept", "wait=30", 0.8)
+    _post_and_hang_up(cluster, "hang-up-cancels", "wait=30&cancel_on_disconnect=true", 0.8)
+    kept, gone = _keys(cluster, "hang-up-kept"), _keys(cluster, "hang-up-cancels")
+    deadline = time.monotonic() + 3
+    while not _all_terminal(client, gone):
+        assert time.monotonic() < deadline, "the turn went on after its client left"
+        time.sleep(0.05)
+    assert [t.reason for t in observe(client, gone).turns] == ["requested"]
+    asyncio.run(_settle(client, [kept]))
+    assert [t.status for t in observe(client, kept).turns] == ["completed"]
