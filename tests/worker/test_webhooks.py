@@ -261,3 +261,30 @@ async def test_a_sender_stops_when_cancelled_even_if_a_call_below_it_swallows_th
     rig.task.cancel()
     done, _ = await asyncio.wait((rig.task,), timeout=2.0)
     assert done, "the sender went on after it was cancelled"
+
+
+async def test_cancelled_and_coalesced_turns_each_tell_their_own_webhook_once(
+    rig: Rig, receiver: Receiver
+) -> None:
+    store = rig.rt.store
+    keys = store.keys("default", "double")
+    queued = await store.accept(keys, input_doc={"content": "never mind"}, webhook=receiver.url)
+    await store.cancel(keys, queued.turn_id)  # announced: the turn has a webhook URL
+    await rig.outbox.note(keys)
+    first = await store.accept(keys, input_doc={"content": "a"}, strategy="coalesce")
+    second = await store.accept(
+        keys, input_doc={"content": "b"}, strategy="coalesce", webhook=receiver.url
+    )
+    await drain_session(rig.rt, "default", "double")
+    rig.sender.wake()
+    await eventually(lambda: len(receiver.received) == 2)
+    [secret] = await _secrets(rig.outbox)
+    told = {
+        (p["type"], p["data"]["id"]): p["data"]
+        for p in (_verify(secret, r) for r in receiver.received)
+    }
+    assert set(told) == {("turn.cancelled", queued.turn_id), ("turn.completed", second.turn_id)}
+    assert told["turn.cancelled", queued.turn_id]["cancellation"]["reason"] == "requested"
+    assert told["turn.completed", second.turn_id]["answered_by"] == first.turn_id
+    await asyncio.sleep(0.3)
+    assert len(receiver.received) == 2  # once each; the first turn has no URL of its own
