@@ -51,6 +51,12 @@ def cluster(
 
 
 @pytest.fixture
+def http(cluster: Cluster) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=cluster.base_url, timeout=30) as c:
+        yield c
+
+
+@pytest.fixture
 def client(cluster: Cluster) -> Iterator[redis.Redis]:
     c = redis.Redis.from_url(cluster.settings.redis_url, decode_responses=True)
     yield c
@@ -183,9 +189,8 @@ def _stream_closed_within(stub: StreamingModelServer, open_before: int, limit_s:
 
 
 def test_a_cancel_stops_a_streaming_model_call_within_a_second_and_commits_nothing(
-    cluster: Cluster, stub: StreamingModelServer, client: redis.Redis
+    cluster: Cluster, stub: StreamingModelServer, client: redis.Redis, http: httpx.Client
 ) -> None:
-    http = httpx.Client(base_url=cluster.base_url, timeout=30)
     session = "cancel-streaming"
     turn = http.post(f"/v1/sessions/{session}/turns", json={"content": "long tokens=100"}).json()
     deadline = time.monotonic() + 10
@@ -228,13 +233,11 @@ def test_a_cancel_stops_a_streaming_model_call_within_a_second_and_commits_nothi
     cancelled = http.post(f"/v1/sessions/{session}/turns/{slow.json()['id']}/cancel")
     assert cancelled.json()["status"] == "cancelled"
     assert _stream_closed_within(stub, 1, 1.0) < 1.0
-    http.close()
 
 
 def test_a_cancel_at_every_stage_does_what_that_stage_allows(
-    cluster: Cluster, stub: StreamingModelServer, client: redis.Redis
+    cluster: Cluster, stub: StreamingModelServer, client: redis.Redis, http: httpx.Client
 ) -> None:
-    http = httpx.Client(base_url=cluster.base_url, timeout=30)
 
     def post(session: str, content: str, **extra: Any) -> dict[str, Any]:
         answer = http.post(f"/v1/sessions/{session}/turns", json={"content": content, **extra})
@@ -302,13 +305,11 @@ def test_a_cancel_at_every_stage_does_what_that_stage_allows(
     assert debounced.history == [] and not any(
         "soon" in str(p) for p in stub.stats.prompts[requests:]
     )
-    http.close()
 
 
 def test_session_and_tenant_defaults_choose_the_strategy_of_turns_that_do_not(
-    cluster: Cluster, client: redis.Redis
+    cluster: Cluster, client: redis.Redis, http: httpx.Client
 ) -> None:
-    http = httpx.Client(base_url=cluster.base_url, timeout=30)
     assert http.get("/v1/defaults").json() == {"strategy": None, "debounce_s": None}
     session = http.put("/v1/sessions/defaults-s/defaults", json={"strategy": "rollback"})
     assert session.status_code == 200 and session.json()["strategy"] == "rollback"
@@ -334,7 +335,6 @@ def test_session_and_tenant_defaults_choose_the_strategy_of_turns_that_do_not(
                 asyncio.run(_settle(client, [_keys(cluster, "defaults-t")]))
     finally:
         http.put("/v1/defaults", json={})
-    http.close()
 
 
 def _post_and_hang_up(cluster: Cluster, session: str, query: str, after_s: float) -> None:

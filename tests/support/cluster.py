@@ -106,9 +106,9 @@ class Cluster:
                 self.api = self.api_procs[0]
             for name, proc in zip(names, procs, strict=True):
                 wait_for_log(self.logs / f"{name}.log", b" ready.", proc)
-            for i, (url, proc) in enumerate(zip(self.base_urls, self.api_procs, strict=True)):
+            for i, proc in enumerate(self.api_procs):
                 try:
-                    wait_for_ready(url, [proc])
+                    wait_for_ready(self.base_urls[i], [proc])
                 except StartupFailed as failed:
                     name = "api.log" if i == 0 else f"api{i + 1}.log"
                     log = (self.logs / name).read_text()[-3000:]

@@ -54,6 +54,16 @@ def _chunk(payload: bytes) -> bytes:
     return f"{len(payload):x}\r\n".encode() + payload + b"\r\n"
 
 
+async def _closed_within(reader: asyncio.StreamReader, seconds: float) -> bool:
+    """Wait ``seconds`` (the time to first token); True as soon as the client closes the
+    connection meanwhile (a client sends nothing else while its answer streams)."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await reader.read(1) == b""
+    except TimeoutError:
+        return False
+
+
 def reply_words(tokens: int) -> list[str]:
     """The words a reply consists of (each but the last followed by a space)."""
     return [f"w{i}" for i in range(tokens)]
@@ -154,7 +164,7 @@ class StreamingModelServer:
                     head = {"content-type": "application/json", "content-length": str(len(body))}
                     writer.write(_head(200, "OK", head) + body)
                     continue
-                keep = await self._answer(request, writer)
+                keep = await self._answer(request, reader, writer)
                 if not keep:
                     return
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -195,7 +205,9 @@ class StreamingModelServer:
         with self._guard:
             return self.script.pop(0) if self.script else ("ok",)
 
-    async def _answer(self, request: dict[str, Any], writer: asyncio.StreamWriter) -> bool:
+    async def _answer(
+        self, request: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
         stats = self.stats
         behaviour = self._next_behaviour()
         if behaviour[0] == "status":
@@ -241,8 +253,9 @@ class StreamingModelServer:
         prefix += orjson.dumps(model) + b',"choices":[{"index":0,"delta":{"content":'
         suffix = b'},"finish_reason":null}]}'
         try:
-            if first:
-                await asyncio.sleep(first)
+            if first and await _closed_within(reader, first):
+                stats.abandoned += 1  # the client gave up before the first token
+                return False
             for i, word in enumerate(words):
                 if behaviour[0] == "drop_after" and i == int(behaviour[1]):
                     writer.transport.abort()
