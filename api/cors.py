@@ -19,7 +19,7 @@ from api.problems import problem
 from shared.errors import ConfigurationError
 
 _ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:\d{1,5})?|\*")
-METHODS = ("GET", "POST", "DELETE")
+METHODS = ("GET", "POST", "PUT", "DELETE")
 HEADERS = ("content-type", "authorization", "x-api-key", "idempotency-key", "last-event-id")
 EXPOSED = ("location", "retry-after", "idempotent-replayed")
 
