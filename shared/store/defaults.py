@@ -9,14 +9,23 @@ process, so a change reaches every API replica within that time.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from shared.keys import GlobalKeys
-from shared.store.store import TurnDefaults
+from shared.settings import Strategy
 
 CACHE_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class TurnDefaults:
+    """Double-texting defaults (a tenant's or a session's); None: not chosen here."""
+
+    strategy: Strategy | None = None
+    debounce_s: float | None = None
 
 
 class TenantDefaults:

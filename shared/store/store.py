@@ -7,16 +7,13 @@ All I/O is asyncio; one store (and one client) serves a whole process.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError
 
 from shared.errors import (
     CommitRejected,
@@ -29,44 +26,16 @@ from shared.errors import (
     TurnNotFound,
 )
 from shared.keys import GlobalKeys, SessionKeys
-from shared.redis import COMMAND_TIMEOUT_S
 from shared.settings import Settings, Strategy
+from shared.store.defaults import TurnDefaults
+from shared.store.packed import send_packed
 from shared.store.records import Event, Session, Turn, now_ms, queued_record
+from shared.store.results import Accepted, Cancelled, Debounce, Head, Outcome, Page
 from shared.store.scripts import Scripts
 
 Order = Literal["asc", "desc"]
 ACTIVE = frozenset({"queued", "running"})
 EVENTS_PAGE = 512  # events read from a session's stream at a time
-
-
-async def _integer_replies(connection: Any, count: int) -> list[int | ResponseError]:
-    """Read ``count`` replies, each an integer or an error, from a redis-py connection."""
-    stream = getattr(connection, "_reader", None)  # asyncio.StreamReader, redis-py 4.2-8.x
-    if stream is None:  # another redis-py: its own parser, a little slower
-        replies: list[int | ResponseError] = []
-        for _ in range(count):
-            try:
-                replies.append(int(await connection.read_response()))
-            except ResponseError as refused:  # read whole: the next reply follows
-                replies.append(refused)
-        return replies
-    out: list[int | ResponseError] = []
-    try:
-        async with asyncio.timeout(COMMAND_TIMEOUT_S):
-            for _ in range(count):
-                line = await stream.readline()
-                if line[:1] == b":":
-                    out.append(int(line[1:]))
-                elif line[:1] == b"-":
-                    message = line[1:].decode(errors="replace").strip()
-                    error = NoScriptError if message.startswith("NOSCRIPT") else ResponseError
-                    out.append(error(message))
-                else:
-                    raise RedisConnectionError(f"unexpected reply {line[:40]!r}")
-    except BaseException:
-        await connection.disconnect()  # mid-reply: the connection cannot be reused
-        raise
-    return out
 
 
 def _turn_keys(keys: SessionKeys) -> list[str]:
@@ -89,89 +58,6 @@ def new_turn_id() -> str:
 def fingerprint(kind: str, input_json: bytes) -> str:
     """What an ``Idempotency-Key`` is bound to: the operation and its exact input."""
     return hashlib.sha256(kind.encode() + b"\n" + input_json).hexdigest()[:32]
-
-
-@dataclass(frozen=True, slots=True)
-class Accepted:
-    """A turn on the mailbox. ``turn`` is the record just written (None for a replay,
-    whose turn is read when needed); ``lock_held`` means a worker is draining the
-    session and will find the turn without a wake-up."""
-
-    turn_id: str
-    replayed: bool
-    lock_held: bool
-    turn: Turn | None = None
-    cancelled: tuple[tuple[str, int], ...] = ()
-    """Turns this one's strategy cancelled: (turn id, characters of its message)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Head:
-    """The mailbox head as ``begin`` hands it to the lock holder: the turn (now
-    ``running``, its ``attempt`` counted), the coalesced turns its model call also
-    answers (``members``, in order; ``span``: the mailbox entries they cover), the
-    session's history window, and the stop ``generation`` the commit must still find."""
-
-    turn: Turn
-    history: list[dict[str, Any]]
-    generation: int = 0
-    members: tuple[Turn, ...] = ()
-    span: int = 1
-
-    @property
-    def group(self) -> tuple[Turn, ...]:
-        """The head and its members: every turn one model call answers."""
-        return (self.turn, *self.members)
-
-
-@dataclass(frozen=True, slots=True)
-class Debounce:
-    """``begin`` found the head's coalesced group still inside its debounce window: the
-    lock is held; begin again after ``wait_s``. ``generation``: the session's stop
-    generation now (nothing this worker runs is void)."""
-
-    wait_s: float
-    generation: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Cancelled:
-    """What a cancel did: ``turn`` as it now is; ``changed`` False when it had already
-    finished (left as it was); ``was_running``: its worker was told to stop."""
-
-    turn: Turn
-    changed: bool
-    was_running: bool = False
-    orphaned: bool = False
-    """Turns are left on the mailbox and no worker holds the session: wake one."""
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What a turn produced: ``completed`` with output and history messages, or
-    ``failed`` with an error. ``tail`` is streamed text not yet written as a delta."""
-
-    status: Literal["completed", "failed"]
-    output: dict[str, Any] | None = None
-    error: dict[str, Any] | None = None
-    messages: tuple[dict[str, Any], ...] = ()
-    tail: str = ""
-    tail_try: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class TurnDefaults:
-    """Double-texting defaults (a tenant's or a session's); None: not chosen here."""
-
-    strategy: Strategy | None = None
-    debounce_s: float | None = None
-
-
-@dataclass
-class Page:
-    items: list[Any] = field(default_factory=list)
-    total: int = 0
-    has_more: bool = False
 
 
 class SessionStore:
@@ -320,29 +206,9 @@ class SessionStore:
 
     async def send_packed(self, commands: Sequence[bytes]) -> list[Any]:
         """One round trip for many packed calls of scripts that answer an integer
-        (``Script.pack``), on a connection of the client's pool: each reply, or the error
-        Redis answered it with.
-
-        The token deltas of every turn a process runs go this way. Measured here, per
-        call in a batch of 1,000: a redis-py pipeline costs 15.1 us of CPU; sending the
-        packed bytes on a pooled connection and reading each reply with redis-py's parser
-        9.5 us; reading the integer replies straight off the connection's stream 4.8 us.
-        After NOSCRIPT the scripts are loaded and everything is sent again (a call that
-        answered NOSCRIPT did not run, and a server that lost one script lost them all).
-        """
-        pool = self.client.connection_pool
-        for attempt in range(2):
-            connection = await pool.get_connection()
-            try:
-                await connection.send_packed_command(b"".join(commands), check_health=False)
-                replies = await _integer_replies(connection, len(commands))
-            finally:
-                await pool.release(connection)
-            if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies):
-                await self.scripts.register(self.client)
-                continue
-            return replies
-        raise AssertionError("unreachable")
+        (``Script.pack``): each reply, or the error Redis answered it with
+        (``shared.store.packed``)."""
+        return await send_packed(self.client, self.scripts, commands)
 
     # -- the worker's side ----------------------------------------------------------------
 

@@ -55,10 +55,12 @@ CHECKS = [
 # A valid request may still be refused for what a schema cannot say: a message over the
 # deployment's length limit, an Idempotency-Key used before with another body, a webhook
 # URL that is not a public http(s) address, a webhook secret that is not a `whsec_` one
-# (422). A session, turn or endpoint that does not exist is a 404. Everything else that
-# is valid must be accepted.
+# (422). A session, turn or endpoint that does not exist is a 404. A message with strategy
+# `reject` while a turn is pending, and a cancel of a finished turn, are a 409: what the
+# session holds decides. Everything else that is valid must be accepted.
 ACCEPTED = ["2xx", "404"]
 SEMANTICS = [*ACCEPTED, "422"]
+IN_STATE = [*SEMANTICS, "409"]
 # An endpoint's body admits (and ignores) members it does not name, yet every number and
 # string in a body is held to the limits of `api.strict_json` (a 400): a schema cannot
 # say that of members it does not name.
@@ -101,7 +103,8 @@ CONFIG = schemathesis.Config.from_dict(
         },
         "checks": {"positive_data_acceptance": {"expected-statuses": ACCEPTED}},
         "operations": [
-            _accepting("POST /v1/sessions/{session_id}/turns", SEMANTICS),
+            _accepting("POST /v1/sessions/{session_id}/turns", IN_STATE),
+            _accepting("POST /v1/sessions/{session_id}/turns/{turn_id}/cancel", IN_STATE),
             _accepting("POST /v1/webhooks/endpoints", SEMANTICS_AND_EXTRAS),
         ],
     }
