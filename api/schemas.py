@@ -44,15 +44,14 @@ class TurnIn(BaseModel):
             "tenant's signing secret."
         ),
     )
-    strategy: Strategy | SkipJsonSchema[None] = Field(
-        default=None, description=STRATEGY_DOC, json_schema_extra=_optional
-    )
-    debounce_s: Annotated[float, Field(ge=0, le=MAX_DEBOUNCE_S)] | SkipJsonSchema[None] = Field(
+    strategy: Strategy | None = Field(default=None, description=STRATEGY_DOC)
+    debounce_s: Annotated[float, Field(ge=0, le=MAX_DEBOUNCE_S)] | None = Field(
         default=None,
         description=(
-            "`coalesce`: how long to wait for a newer message before answering, in seconds."
+            "`coalesce`: how long to wait for a newer message before answering, in "
+            "seconds (other strategies do not wait). Unset: the session's, the tenant's "
+            "or the deployment's."
         ),
-        json_schema_extra=_optional,
     )
 
 

@@ -140,7 +140,7 @@ async def create_turn(
         answer = await answer_unless_gone(state, keys, submitted, wait, response, request)
         if answer is None:
             with suppress(RedisError):
-                await asyncio.shield(cancel(state, keys, accepted.turn_id))
+                await asyncio.shield(cancel(state, keys, accepted.turn_id, "disconnected"))
             raise ClientDisconnect()
         return answer
     return await accepted_turn(state, keys, submitted, wait, response)
@@ -160,11 +160,16 @@ async def note_outbox(state: AppState, keys: SessionKeys) -> None:
         await state.outbox.note(keys)
 
 
-async def cancel(state: AppState, keys: SessionKeys, turn_id: str) -> Cancelled:
+async def cancel(
+    state: AppState,
+    keys: SessionKeys,
+    turn_id: str,
+    reason: Literal["requested", "disconnected"] = "requested",
+) -> Cancelled:
     """Cancel a turn and settle what that owes: its token reservation back, its
     ``turn.cancelled`` webhook event, a wake-up for turns left undrained."""
     announce = await state.outbox.subscribed(keys.tenant, "turn.cancelled")
-    cancelled = await state.store.cancel(keys, turn_id, announce=announce)
+    cancelled = await state.store.cancel(keys, turn_id, announce=announce, reason=reason)
     turn = cancelled.turn
     if cancelled.changed:
         if turn.kind == "message":  # a clear reserved nothing

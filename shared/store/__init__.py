@@ -1,10 +1,11 @@
 """The session store: the only code that knows session keys and scripts.
 
 ``SessionStore`` (accept, begin, commit, cancel, read, list, clear) and what it answers
-(``results``), ``Lease`` and ``Heartbeat`` (the session lock as one object), ``DeltaWriter`` (token deltas), ``EventHub`` and
-``wait_for_turn`` (waiting without a connection per waiter), ``Sweep`` (stalled
-sessions), ``history`` (LangChain's view of a session's messages), ``records`` (the
-typed turn record, events, sessions), ``defaults`` (tenants' double-texting defaults).
+(``results``), ``Lease`` and ``Heartbeat`` (the session lock as one object),
+``DeltaWriter`` (token deltas), ``EventHub`` and ``wait_for_turn`` (waiting without a
+connection per waiter), ``Sweep`` (stalled sessions), ``history`` (LangChain's view of a
+session's messages), ``records`` (the typed turn record, events, sessions), ``defaults``
+(tenants' double-texting defaults).
 """
 
 from shared.store.defaults import TurnDefaults

@@ -19,7 +19,7 @@ from shared.settings import Strategy
 
 TurnStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
 STRATEGIES: tuple[Strategy, ...] = ("enqueue", "reject", "interrupt", "rollback", "coalesce")
-CancelReason = Literal["requested", "interrupted", "rolled_back"]
+CancelReason = Literal["requested", "disconnected", "interrupted", "rolled_back"]
 TurnKind = Literal["message", "clear"]
 EventType = Literal["status", "delta", "reset", "final"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
@@ -42,7 +42,9 @@ class TurnError(BaseModel):
 class Cancellation(BaseModel):
     reason: CancelReason = Field(
         description=(
-            "`requested`: cancelled through the API; `interrupted`: a later message with "
+            "`requested`: cancelled through the API; `disconnected`: its client closed the "
+            "connection while waiting, with `cancel_on_disconnect`; `interrupted`: a later "
+            "message with "
             "strategy `interrupt` (this turn's message stays in history); `rolled_back`: "
             "one with strategy `rollback` (this turn's message was dropped)."
         )

@@ -289,7 +289,14 @@ class SessionStore:
             raise CommitRejected(reply[0])
         return bool(int(reply[1]))
 
-    async def cancel(self, keys: SessionKeys, turn_id: str, *, announce: bool = False) -> Cancelled:
+    async def cancel(
+        self,
+        keys: SessionKeys,
+        turn_id: str,
+        *,
+        announce: bool = False,
+        reason: Literal["requested", "disconnected"] = "requested",
+    ) -> Cancelled:
         """Cancel a queued or running turn; nothing of it is kept. A running turn's worker
         is told to stop at once, and whatever it still writes of the turn is refused. An
         already finished turn is left as it is (``changed`` False), so a repeated cancel
@@ -301,6 +308,7 @@ class SessionStore:
             [keys.meta, keys.mailbox, keys.turns, keys.events, keys.outbox, keys.lock],
             {
                 "turn_id": turn_id,
+                "reason": reason,
                 "announce": announce,
                 "member": keys.member,
                 "control": self.globals.control,

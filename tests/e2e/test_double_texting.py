@@ -359,6 +359,6 @@ def test_a_client_that_hangs_up_on_a_wait_cancels_the_turn_only_when_it_asked_to
     while not _all_terminal(client, gone):
         assert time.monotonic() < deadline, "the turn went on after its client left"
         time.sleep(0.05)
-    assert [t.reason for t in observe(client, gone).turns] == ["requested"]
+    assert [t.reason for t in observe(client, gone).turns] == ["disconnected"]
     asyncio.run(_settle(client, [kept]))
     assert [t.status for t in observe(client, kept).turns] == ["completed"]

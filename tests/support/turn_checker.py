@@ -249,7 +249,7 @@ def _check_session(
             by = by_id.get(t.cancelled_by)
             if by is None or by.seq <= t.seq or by.strategy not in ("interrupt", "rollback"):
                 fail(f"turn {t.seq} cancelled by {t.cancelled_by}, which could not cancel it")
-        elif t.status == "cancelled" and t.reason != "requested":
+        elif t.status == "cancelled" and t.reason not in ("requested", "disconnected"):
             fail(f"turn {t.seq} cancelled ({t.reason}) by no turn")
     for turn_id in run.refused:
         if turn_id not in by_id:

@@ -2,7 +2,8 @@
 --
 -- KEYS[1] meta   KEYS[2] mailbox   KEYS[3] turns   KEYS[4] events   KEYS[5] outbox
 -- KEYS[6] lock
--- A: turn_id, announce (write a turn.cancelled webhook event), member, control, now_ms,
+-- A: turn_id, reason ("requested" | "disconnected": its client went away), announce
+--    (write a turn.cancelled webhook event), member, control, now_ms,
 --    session_ttl_ms, events_ttl_ms, channel
 -- Returns {"CANCELLED", record JSON, was running (0|1), needs a wake-up (0|1)}
 --       | {"FINISHED", record JSON} (it
@@ -17,7 +18,7 @@ local rec = cjson.decode(raw)
 if not is_active(rec) then
   return {"FINISHED", raw}
 end
-local running = cancel_turn(KEYS[3], KEYS[4], KEYS[5], rec, "requested", nil, false,
+local running = cancel_turn(KEYS[3], KEYS[4], KEYS[5], rec, A.reason, nil, false,
   A.announce)
 redis.call("LREM", KEYS[2], 1, rec.id)
 redis.call("HINCRBY", KEYS[1], "finished", 1)
