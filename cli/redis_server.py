@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from cli.supervise import die_with_parent
 from shared.redis import answers
 
 
@@ -100,9 +101,11 @@ class ManagedRedis:
         return [*args, "--dir", self._tmp.name, "--appendonly", "no"]
 
     def start(self, timeout_s: float = 30.0) -> ManagedRedis:
+        # A session of its own: the terminal's Ctrl-C goes to the supervisor, which stops the
+        # server last, after the processes that write to it have finished.
         self.proc = subprocess.Popen(
             self._args(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent,
         )  # fmt: skip
         deadline = time.monotonic() + timeout_s  # loading a large append-only file takes time
         while time.monotonic() < deadline:

@@ -38,7 +38,7 @@ def spawn(
         )
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child, before exec: SIGTERM when the parent dies (Linux), so a supervisor
     killed outright leaves no orphans."""
     if sys.platform.startswith("linux"):
@@ -71,7 +71,7 @@ class Child:
         self.proc = subprocess.Popen(
             args, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True, errors="replace",
-            start_new_session=session, preexec_fn=_die_with_parent if session else None,
+            start_new_session=session, preexec_fn=die_with_parent if session else None,
         )  # fmt: skip
         self._copier = threading.Thread(target=self._copy, name=f"{name}-output", daemon=True)
         self._copier.start()

@@ -177,6 +177,7 @@ class Engine:
                     heap.settle()
                 self._ready.set_result(runtime)
                 await self._stop.wait()
+                runtime.stopping.set()
                 if self._draining:
                     log.info("finishing %d sessions before stopping", len(self._draining))
                     await asyncio.wait(set(self._draining), timeout=settings.turn_deadline_s)

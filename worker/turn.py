@@ -10,12 +10,13 @@ import asyncio
 import logging
 from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from redis.exceptions import RedisError
 
+from shared.aio import event_set_within
 from shared.errors import (
     CommitRejected,
     LockLost,
@@ -51,7 +52,9 @@ def _nothing() -> None:
 class Runtime:
     """What the pipeline needs, built once per worker process and injected.
 
-    ``webhooks_due``: called when a commit wrote an outbox message (wakes the sender)."""
+    ``webhooks_due``: called when a commit wrote an outbox message (wakes the sender).
+    ``stopping``: set when the process stops: a group waiting out its debounce is left
+    (lock released) to a worker that stays, instead of holding the stop up."""
 
     settings: Settings
     store: SessionStore
@@ -61,6 +64,7 @@ class Runtime:
     outbox: Outbox
     quotas: Quotas
     webhooks_due: Callable[[], None] = _nothing
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +97,9 @@ async def drain_session(rt: Runtime, tenant: str, session: str) -> DrainReport:
             while head is not None:
                 if isinstance(head, Debounce):
                     lease.renewed(head.generation)  # nothing of this worker's is void now
-                    await asyncio.sleep(head.wait_s)
+                    if await event_set_within(rt.stopping, head.wait_s):
+                        await lease.release(force=True)  # the sweeper wakes another worker
+                        return DrainReport(committed, stopped=stopped)
                     if lease.lost.is_set():
                         raise LockLost("session lock lost while waiting")
                     head = await store.begin(keys, lease.token)

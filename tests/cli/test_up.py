@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from cli.redis_server import ManagedRedis, free_port
+from shared.keys import SessionKeys
 from shared.redis import answers
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,7 +44,9 @@ class Up:
 
 
 @contextmanager
-def chatlane_up(tmp_path: Path, *args: str, **env: str) -> Iterator[Up]:
+def chatlane_up(tmp_path: Path, *args: str, terminal: bool = False, **env: str) -> Iterator[Up]:
+    """``chatlane up`` in the background; ``terminal``: in a process group of its own, as
+    a shell runs a foreground command (Ctrl-C there signals the whole group)."""
     api_port = free_port()
     log = tmp_path / f"up-{api_port}.log"
     with log.open("wb") as out:
@@ -51,6 +54,7 @@ def chatlane_up(tmp_path: Path, *args: str, **env: str) -> Iterator[Up]:
             [sys.executable, "-m", "cli.main", "up", "--port", str(api_port), *args],
             cwd=ROOT, env={**CLEAN_ENV, "PYTHONUNBUFFERED": "1", **env},
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=terminal,
         )  # fmt: skip
     try:
         yield Up(proc, log, api_port)
@@ -144,3 +148,30 @@ def test_up_refuses_to_stand_in_for_a_redis_on_another_host(
 
     assert main.run_up("127.0.0.1", free_port(), Path("unused")) == 2
     assert "no Redis answers at redis://redis.example.invalid:6379/0" in capsys.readouterr().err
+
+
+def test_ctrl_c_at_a_terminal_stops_the_worker_before_its_redis(tmp_path: Path) -> None:
+    redis_url = f"redis://127.0.0.1:{free_port()}/0"
+    data = str(tmp_path / "data")
+    with chatlane_up(
+        tmp_path, "--data-dir", data, terminal=True, CHATLANE_REDIS_URL=redis_url
+    ) as up:
+        up.wait_for("chatlane: up at")
+        waiting = httpx.post(
+            f"{up.base}/v1/sessions/burst/turns",
+            json={"content": "hi", "strategy": "coalesce", "debounce_s": 30},
+        )
+        assert waiting.status_code == 202
+        lock = SessionKeys("chatlane", "default", "burst").lock
+        with redis.Redis.from_url(redis_url) as store:
+            deadline = time.monotonic() + 10
+            while not store.exists(lock):  # a worker holds the session for 30 s now
+                assert time.monotonic() < deadline, up.output
+                time.sleep(0.05)
+        started = time.monotonic()
+        os.killpg(up.proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        assert up.exit_code() == 0
+        assert time.monotonic() - started < 20  # not held up by the debounce
+        assert "chatlane: stopped" in up.output
+        assert "Connection refused" not in up.output  # Redis outlived what writes to it
+    assert not answers(redis_url, timeout_s=0.2)

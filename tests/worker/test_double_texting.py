@@ -134,3 +134,21 @@ async def test_a_cancel_heard_while_a_restarted_group_waits_leaves_the_rest_to_r
     assert (report.committed, report.lost_lock) == (1, False)
     assert model.prompts == [["a"], ["b"]]
     assert [_turn(client, keys, t).status for t in (first, second)] == ["cancelled", "completed"]
+
+
+async def test_a_stopping_worker_leaves_a_waiting_group_to_another_at_once(
+    client: redis.Redis, make_settings: Callable[..., Settings], make_runtime: RuntimeFactory
+) -> None:
+    rt = make_runtime(make_settings())
+    keys = rt.store.keys("default", "leaving")
+    turn_id = await _say(rt.store, keys, "x", strategy="coalesce", debounce_s=30)
+    draining = asyncio.create_task(drain_session(rt, "default", "leaving"))
+    await eventually(lambda: client.get(keys.lock) is not None)  # waiting out the debounce
+    rt.stopping.set()
+
+    report = await asyncio.wait_for(draining, 2)  # not after the 30 s debounce
+
+    assert (report.committed, report.lost_lock) == (0, False)
+    assert client.get(keys.lock) is None  # free for the worker the sweeper wakes
+    assert _turn(client, keys, turn_id).status == "queued"
+    assert client.lrange(keys.mailbox, 0, -1) == [turn_id]
