@@ -50,6 +50,18 @@ class ApiMetrics:
             "Accepting requests that answered 202 because waiting failed (cap, Redis).",
             registry=self.registry,
         )
+        self.cancelled = Counter(
+            "chatlane_turns_cancelled_total",
+            "Turns cancelled through this process, by reason (requested, disconnected, "
+            "interrupted, rolled_back).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.rejected = Counter(
+            "chatlane_turns_rejected_total",
+            "Messages refused because their strategy is reject and a turn was pending.",
+            registry=self.registry,
+        )
         self.waiters = Gauge(
             "chatlane_waiters",
             "Clients of this process waiting for a session's events.",
@@ -62,6 +74,9 @@ class ApiMetrics:
             self.replayed.inc()
         elif accepted.turn is not None:
             self.accepted.labels(accepted.turn.kind).inc()
+            if accepted.cancelled:
+                reason = "interrupted" if accepted.turn.strategy == "interrupt" else "rolled_back"
+                self.cancelled.labels(reason).inc(len(accepted.cancelled))
         if submitted.woke is True:
             self.wake_ups.inc()
         elif submitted.woke is False:

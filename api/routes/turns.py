@@ -32,6 +32,7 @@ from api.schemas import TurnIn, TurnsPage
 from api.state import AppState
 from api.waiting import accepted_turn, answer_unless_gone
 from shared.addresses import TargetRefused, parse
+from shared.errors import SessionActive
 from shared.intake import submit, wake
 from shared.keys import SessionKeys
 from shared.store import Cancelled, Turn, wait_for_turn
@@ -126,8 +127,10 @@ async def create_turn(
             defaults=defaults,
             announce_cancel=announce,
         )
-    except BaseException:
+    except BaseException as refused:
         await refund(state, keys.tenant, estimate)
+        if isinstance(refused, SessionActive):
+            state.metrics.rejected.inc()
         raise
     accepted = submitted.accepted
     if accepted.replayed:
@@ -172,6 +175,7 @@ async def cancel(
     cancelled = await state.store.cancel(keys, turn_id, announce=announce, reason=reason)
     turn = cancelled.turn
     if cancelled.changed:
+        state.metrics.cancelled.labels(reason).inc()
         if turn.kind == "message":  # a clear reserved nothing
             content = (turn.input or {}).get("content", "")
             await refund(state, keys.tenant, state.quotas.turn_estimate(content))

@@ -90,3 +90,16 @@ def test_a_sessions_defaults_are_shown_applied_and_unset(api: TestClient) -> Non
     cleared = api.put("/v1/sessions/s/defaults", json={}).json()
     assert (cleared["strategy"], cleared["debounce_s"]) == (None, None)
     assert _post(api, "s", "c")["strategy"] == "enqueue"  # the deployment's
+
+
+def test_metrics_count_cancels_by_reason_and_rejections(api: TestClient) -> None:
+    _post(api, "m", "a")
+    _post(api, "m", "b", strategy="interrupt")
+    api.post("/v1/sessions/m/turns", json={"content": "c", "strategy": "reject"})
+    later = _post(api, "n", "d")
+    api.post(f"/v1/sessions/n/turns/{later['id']}/cancel")
+    api.post(f"/v1/sessions/n/turns/{later['id']}/cancel")  # already cancelled: not again
+    text = api.get("/metrics").text
+    assert 'chatlane_turns_cancelled_total{reason="interrupted"} 1.0' in text
+    assert 'chatlane_turns_cancelled_total{reason="requested"} 1.0' in text
+    assert "chatlane_turns_rejected_total 1.0" in text
