@@ -88,31 +88,42 @@ class Cluster:
         wait_for_log(self.logs / f"{name}.log", b" ready.", proc)
         return proc
 
+    def _api_log(self, i: int) -> Path:
+        return self.logs / ("api.log" if i == 0 else f"api{i + 1}.log")
+
+    def _spawn_api(self, i: int) -> subprocess.Popen[bytes]:
+        command = api_command("127.0.0.1", self.ports[i], "--log-level", "warning")
+        return spawn(command, self._env, log=self._api_log(i), cwd=ROOT)
+
+    def _api_ready(self, i: int) -> None:
+        """Wait for API process ``i``; a port taken between choosing it and binding it (by
+        any process's outgoing connection) is chosen again, twice at most."""
+        for attempt in range(3):
+            try:
+                wait_for_ready(self.base_urls[i], [self.api_procs[i]])
+                return
+            except StartupFailed as failed:
+                log = self._api_log(i).read_text(errors="replace")[-3000:]
+                if attempt == 2 or "address already in use" not in log:
+                    raise StartupFailed(f"{failed}:\n{log}") from failed
+                stop_all([self.api_procs[i]], grace_s=1)
+                self.ports[i] = free_port()
+                self.api_procs[i] = self._spawn_api(i)
+
     def __enter__(self) -> Cluster:
         self.logs.mkdir(parents=True, exist_ok=True)
         try:
             names = [f"w{i + 1}" for i in range(self.workers)]
             procs = [self.spawn_worker(name) for name in names]  # they boot in parallel
             if self.with_api:
-                for i, port in enumerate(self.ports):
-                    self.api_procs.append(
-                        spawn(
-                            api_command("127.0.0.1", port, "--log-level", "warning"),
-                            self._env,
-                            log=self.logs / ("api.log" if i == 0 else f"api{i + 1}.log"),
-                            cwd=ROOT,
-                        )
-                    )
+                self.api_procs = [self._spawn_api(i) for i in range(len(self.ports))]
                 self.api = self.api_procs[0]
             for name, proc in zip(names, procs, strict=True):
                 wait_for_log(self.logs / f"{name}.log", b" ready.", proc)
-            for i, proc in enumerate(self.api_procs):
-                try:
-                    wait_for_ready(self.base_urls[i], [proc])
-                except StartupFailed as failed:
-                    name = "api.log" if i == 0 else f"api{i + 1}.log"
-                    log = (self.logs / name).read_text()[-3000:]
-                    raise StartupFailed(f"{failed}:\n{log}") from failed
+            for i in range(len(self.api_procs)):
+                self._api_ready(i)
+            self.port = self.ports[0]
+            self.api = self.api_procs[0] if self.api_procs else None
         except BaseException:
             self.__exit__()
             raise
