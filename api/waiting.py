@@ -61,6 +61,8 @@ async def answer_unless_gone(
         await asyncio.wait((answering, watching), return_when=asyncio.FIRST_COMPLETED)
     finally:
         watching.cancel()
+        if not answering.done() and not watching.done():  # this request itself was cancelled
+            answering.cancel()
     if answering.done():
         return answering.result()
     answering.cancel()

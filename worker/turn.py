@@ -53,8 +53,9 @@ class Runtime:
     """What the pipeline needs, built once per worker process and injected.
 
     ``webhooks_due``: called when a commit wrote an outbox message (wakes the sender).
-    ``stopping``: set when the process stops: a group waiting out its debounce is left
-    (lock released) to a worker that stays, instead of holding the stop up."""
+    ``stopping``: set when the process stops: a drain starts no further turn, and a
+    group waiting out its debounce is left at once; the lock is released for a worker
+    that stays (the sweeper wakes one)."""
 
     settings: Settings
     store: SessionStore
@@ -136,6 +137,9 @@ async def drain_session(rt: Runtime, tenant: str, session: str) -> DrainReport:
                         rt.webhooks_due()
                 if released:
                     break
+                if rt.stopping.is_set():  # between turns: leave the rest to another worker
+                    await lease.release(force=True)
+                    return DrainReport(committed, stopped=stopped)
                 head = await store.begin(keys, lease.token)
         except SessionBusy:
             return DrainReport(committed, busy=committed == 0 and stopped == 0, stopped=stopped)

@@ -214,3 +214,19 @@ async def test_interrupted_turns_are_refunded_by_their_characters(
     first = await _say(store, keys, "é" * 4 + "🙂")
     accepted = await store.accept(keys, input_doc={"content": "b"}, strategy="interrupt")
     assert accepted.cancelled == ((first, 5),)  # as Python counts them: five characters
+
+
+async def test_a_group_waiting_again_is_queued_and_a_worker_leaving_it_is_no_crash(
+    store: SessionStore, client: redis.Redis, keys: SessionKeys
+) -> None:
+    first = await _say(store, keys, "a", strategy="coalesce")
+    await _head(store, keys, "tok")  # a runs
+    await _say(store, keys, "b", strategy="coalesce", debounce_s=5)  # stops it; b waits
+    assert isinstance(await store.begin(keys, "tok"), Debounce)
+    turn = _turn(client, keys, first)
+    assert turn.status == "queued" and turn.crashes == 0  # nothing runs while it waits
+    last = [f for _, f in client.xrange(keys.events) if f["turn"] == first][-1]
+    assert (last["type"], json.loads(last["data"])["status"]) == ("status", "queued")
+    assert await store.release(keys, "tok", force=True) == 1  # its worker stops and leaves
+    assert isinstance(await store.begin(keys, "another"), Debounce)
+    assert _turn(client, keys, first).crashes == 0  # leaving is not dying

@@ -115,7 +115,7 @@ async def test_a_coalesced_turn_with_its_own_webhook_is_announced(
     assert await webhook_event(rt, "default", group, done) == "turn.completed"
 
 
-async def test_a_cancel_heard_while_a_restarted_group_waits_leaves_the_rest_to_run(
+async def test_a_cancel_while_a_restarted_group_waits_takes_its_turn_out_of_the_group(
     client: redis.Redis, make_settings: Callable[..., Settings], make_runtime: RuntimeFactory
 ) -> None:
     settings = make_settings(lock_ttl_s=0.6)  # a renewal lands inside the wait
@@ -126,8 +126,10 @@ async def test_a_cancel_heard_while_a_restarted_group_waits_leaves_the_rest_to_r
     draining = asyncio.create_task(drain_session(rt, "default", "cancelled-while-waiting"))
     await eventually(lambda: len(model.prompts) == 1)
     second = await _say(rt.store, keys, "b", strategy="coalesce", debounce_s=0.6)
-    await asyncio.sleep(0.1)  # the group [a, b] now waits out b's debounce; a is "running"
-    assert (await rt.store.cancel(keys, first)).was_running
+    await asyncio.sleep(0.1)  # the group [a, b] now waits out b's debounce
+    assert _turn(client, keys, first).status == "queued"  # nothing runs while it waits
+    cancelled = await rt.store.cancel(keys, first)
+    assert cancelled.changed and not cancelled.was_running
 
     report = await asyncio.wait_for(draining, 10)
 
@@ -152,3 +154,26 @@ async def test_a_stopping_worker_leaves_a_waiting_group_to_another_at_once(
     assert client.get(keys.lock) is None  # free for the worker the sweeper wakes
     assert _turn(client, keys, turn_id).status == "queued"
     assert client.lrange(keys.mailbox, 0, -1) == [turn_id]
+
+
+async def test_a_stopping_worker_starts_no_further_turn(
+    client: redis.Redis, make_settings: Callable[..., Settings], make_runtime: RuntimeFactory
+) -> None:
+    model = Slow(words=5, prompts=[], finished=[])
+    rt = make_runtime(make_settings(), model)
+    keys = rt.store.keys("default", "backlog")
+    ids = [await _say(rt.store, keys, f"m{i}") for i in range(3)]
+    draining = asyncio.create_task(drain_session(rt, "default", "backlog"))
+    await eventually(lambda: len(model.prompts) == 1)
+    rt.stopping.set()
+
+    report = await asyncio.wait_for(draining, 5)
+
+    assert report.committed == 1 and model.finished == [True]  # m0 finished, no more began
+    turns = [_turn(client, keys, t) for t in ids]
+    assert [(t.status, t.crashes) for t in turns] == [
+        ("completed", 0),
+        ("queued", 0),
+        ("queued", 0),
+    ]
+    assert client.get(keys.lock) is None

@@ -65,18 +65,24 @@ while true do
     end
     redis.call("SET", KEYS[1], A.token, "PX", A.lock_ttl_ms)
     -- A turn still "running" while no worker holds the lock was started by a worker that
-    -- died (a stop by this worker keeps the lock): count it, once, as a crash.
-    if not holder then
-      for _, member in ipairs(group) do
-        if member.status == "running" then
+    -- died (a worker that stops its own attempt keeps the lock, and one that waits or
+    -- leaves has set it back to queued): count it, once, as a crash.
+    local waiting = due > A.now_ms
+    for _, member in ipairs(group) do
+      if member.status == "running" then
+        if not holder then
           member.crashes = (member.crashes or 0) + 1
+        end
+        if waiting then  -- nothing runs while the group waits: say so
           member.status = "queued"
           redis.call("HSET", KEYS[5], member.id, cjson.encode(member))
+          emit(KEYS[7], member.id, "status",
+            cjson.encode({status = "queued", seq = member.seq, attempt = member.attempt}))
         end
       end
     end
     local generation = tonumber(redis.call("HGET", KEYS[4], "stops")) or 0
-    if due > A.now_ms then
+    if waiting then
       return {"WAIT", due - A.now_ms, generation}
     end
     rec.group = #group
