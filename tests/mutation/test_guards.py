@@ -123,8 +123,7 @@ MUTANTS = [
       'if redis.call("LLEN", KEYS[2]) == 0 then', "if true then",
       f"{STORE}::test_commit_records_the_result_and_releases_the_lock_only_when_the_mailbox_is_empty"),
     m("commit appends the final event", LUA + "commit.lua",
-      'emit(KEYS[7], member.id, "final", i == 1 and encoded'
-      ' or redis.call("HGET", KEYS[5], member.id))',
+      'emit(KEYS[7], member.id, "final", docs[i])',
       "",
       f"{STORE}::test_events_are_kept_for_the_events_ttl_and_trimmed_by_age",
       f"{WAITING}::test_a_waiter_gets_the_finished_turn_when_it_is_committed"),

@@ -48,7 +48,7 @@ if rec.kind == "clear" then
 elseif A.status == "completed" and #A.messages > 0 then
   redis.call("RPUSH", KEYS[3], unpack(A.messages))
 end
-local encoded
+local docs = {}  -- each record as written, for its final event
 for i, member in ipairs(group) do
   member.status = A.status
   member.output = A.output
@@ -59,9 +59,7 @@ for i, member in ipairs(group) do
   end
   local doc = cjson.encode(member)
   redis.call("HSET", KEYS[5], member.id, doc)
-  if i == 1 then
-    encoded = doc
-  end
+  docs[i] = doc
 end
 redis.call("HSET", KEYS[4], "done_seq", group[#group].seq, "updated_at", A.now_ms)
 redis.call("HINCRBY", KEYS[4], "finished", #group)
@@ -71,7 +69,7 @@ if A.tail ~= "" then
   emit(KEYS[7], A.turn_id, "delta", A.tail)
 end
 for i, member in ipairs(group) do
-  emit(KEYS[7], member.id, "final", i == 1 and encoded or redis.call("HGET", KEYS[5], member.id))
+  emit(KEYS[7], member.id, "final", docs[i])
 end
 redis.call("XTRIM", KEYS[7], "MINID", string.format("%.0f", A.now_ms - A.events_ttl_ms))
 if A.webhook ~= "" then
@@ -83,8 +81,8 @@ end
 expire(A.session_ttl_ms, 3, 6)
 if redis.call("LLEN", KEYS[2]) == 0 then
   redis.call("DEL", KEYS[1])
-  return {"OK", 1, encoded}
+  return {"OK", 1, docs[1]}
 end
 redis.call("PEXPIRE", KEYS[2], A.session_ttl_ms)
 redis.call("PEXPIRE", KEYS[1], A.lock_ttl_ms)
-return {"OK", 0, encoded}
+return {"OK", 0, docs[1]}
