@@ -123,29 +123,34 @@ class Heartbeat:
     def __init__(self, store: SessionStore) -> None:
         self._store = store
         self._leases: set[Lease] = set()
+        self._by_session: dict[str, set[Lease]] = {}  # tenant:session -> its leases here
         self._last_renewal = time.monotonic()
 
     @asynccontextmanager
     async def keep(self, lease: Lease) -> AsyncIterator[Lease]:
+        member = lease.keys.member
         self._leases.add(lease)
+        self._by_session.setdefault(member, set()).add(lease)
         try:
             yield lease
         finally:
             self._leases.discard(lease)
+            leases = self._by_session.get(member)
+            if leases is not None:
+                leases.discard(lease)
+                if not leases:
+                    del self._by_session[member]
 
     def held(self) -> frozenset[str]:
         """The sessions (``tenant:session``) whose leases this process renews."""
-        return frozenset(lease.keys.member for lease in self._leases)
+        return frozenset(self._by_session)
 
-    def stop(self, member: str, generation: int) -> bool:
+    def stop(self, member: str, generation: int) -> None:
         """A stop notice for a session (``tenant:session``): stop the attempt this process
-        runs in it, if that attempt began before ``generation``. True if one was stopped."""
-        hit = False
-        for lease in self._leases:
-            if lease.keys.member == member and generation > lease.generation:
-                lease.stop(generation)
-                hit = True
-        return hit
+        runs in it, if that attempt began before ``generation`` (every worker hears every
+        notice: one lookup, not a scan of the leases)."""
+        for lease in self._by_session.get(member, ()):
+            lease.stop(generation)
 
     async def beat(self) -> None:
         """Renew every lease at once; mark lost those that are gone and stop those whose
