@@ -8,13 +8,13 @@ process, so a change reaches every API replica within that time.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from shared.keys import GlobalKeys
+from shared.recent import Recent
 from shared.settings import Strategy
 
 CACHE_S = 2.0
@@ -34,19 +34,16 @@ class TenantDefaults:
     def __init__(self, client: Any, prefix: str) -> None:
         self._client = client
         self._key = GlobalKeys(prefix).tenant_defaults
-        self._cache: dict[str, tuple[float, TurnDefaults]] = {}
+        self._recent: Recent[TurnDefaults] = Recent(CACHE_S)
 
     async def get(self, tenant: str, *, fresh: bool = False) -> TurnDefaults:
-        now = time.monotonic()
-        cached = self._cache.get(tenant)
-        if cached is not None and not fresh and now - cached[0] < CACHE_S:
-            return cached[1]
+        cached = None if fresh else self._recent.get(tenant)
+        if cached is not None:
+            return cached
         raw = await self._client.hget(self._key, tenant)
         doc = orjson.loads(raw) if raw else {}
         defaults = TurnDefaults(doc.get("strategy"), doc.get("debounce_s"))
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[tenant] = (now, defaults)
+        self._recent.put(tenant, defaults)
         return defaults
 
     async def set(self, tenant: str, defaults: TurnDefaults) -> None:
@@ -55,4 +52,4 @@ class TenantDefaults:
             await self._client.hdel(self._key, tenant)
         else:
             await self._client.hset(self._key, tenant, orjson.dumps(doc))
-        self._cache.pop(tenant, None)
+        self._recent.drop(tenant)

@@ -13,14 +13,13 @@ which becomes the same deliveries again — at least once, never lost.
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, Field
 
 from shared.keys import SessionKeys, parse_member
+from shared.recent import Recent
 from shared.signing import new_secret
 from shared.store.records import Turn, now_ms
 from shared.store.store import SessionStore
@@ -88,12 +87,6 @@ class Delivery(BaseModel):
     dead_at: int | None = None
 
 
-@dataclass
-class _Cached:
-    at: float
-    endpoints: list[Endpoint] = field(default_factory=list)
-
-
 class Outbox:
     """The webhook side of the store; asyncio, one per process."""
 
@@ -101,20 +94,20 @@ class Outbox:
         self.store = store
         self._client = store.client
         self._keys = store.globals
-        self._cache: dict[str, _Cached] = {}
+        self._endpoints: Recent[list[Endpoint]] = Recent(CACHE_S)
 
     # -- endpoints and secrets ------------------------------------------------------------
 
     async def endpoints(self, tenant: str, *, fresh: bool = False) -> list[Endpoint]:
-        cached = self._cache.get(tenant)
-        if not fresh and cached is not None and time.monotonic() - cached.at < CACHE_S:
-            return cached.endpoints
+        cached = None if fresh else self._endpoints.get(tenant)
+        if cached is not None:
+            return cached
         raw = await self._client.hgetall(self._keys.endpoints(tenant))
         found = sorted(
             (Endpoint.model_validate_json(v) for k, v in raw.items() if k != SIGNING),
             key=lambda e: e.created_at,
         )
-        self._cache[tenant] = _Cached(time.monotonic(), found)
+        self._endpoints.put(tenant, found)
         return found
 
     async def endpoint(self, tenant: str, endpoint_id: str) -> Endpoint | None:
@@ -125,10 +118,10 @@ class Outbox:
         await self._client.hset(
             self._keys.endpoints(tenant), endpoint.id, endpoint.model_dump_json()
         )
-        self._cache.pop(tenant, None)
+        self._endpoints.drop(tenant)
 
     async def remove_endpoint(self, tenant: str, endpoint_id: str) -> bool:
-        self._cache.pop(tenant, None)
+        self._endpoints.drop(tenant)
         return bool(await self._client.hdel(self._keys.endpoints(tenant), endpoint_id))
 
     async def subscribed(self, tenant: str, event: EventName) -> bool:
