@@ -90,11 +90,14 @@ async def drain_session(rt: Runtime, tenant: str, session: str) -> DrainReport:
     store = rt.store
     keys = store.keys(tenant, session)
     lease = Lease(store, keys)
+    try:
+        head = await store.begin(keys, lease.token)
+    except SessionBusy:
+        return DrainReport(busy=True)
     committed = stopped = 0
     refused: str | None = None
     async with rt.heartbeat.keep(lease):
         try:
-            head = await store.begin(keys, lease.token)
             while head is not None:
                 if isinstance(head, Debounce):
                     lease.renewed(head.generation)  # nothing of this worker's is void now
@@ -141,9 +144,7 @@ async def drain_session(rt: Runtime, tenant: str, session: str) -> DrainReport:
                     await lease.release(force=True)
                     return DrainReport(committed, stopped=stopped)
                 head = await store.begin(keys, lease.token)
-        except SessionBusy:
-            return DrainReport(committed, busy=committed == 0 and stopped == 0, stopped=stopped)
-        except LockLost:
+        except (LockLost, SessionBusy):  # another worker holds the session now
             return DrainReport(committed, lost_lock=True, stopped=stopped)
         except BaseException:
             # Let another worker (or the sweeper) take over at once, not after the lease.
