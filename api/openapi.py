@@ -170,6 +170,29 @@ TOO_MANY_WAITERS = Answer(
     "this server holds as many waiting clients as it may: retry, or poll without `wait`.",
     ("Retry-After",),
 )
+CHANNEL_NOT_FOUND = Answer(
+    404, ("not-found",), "no such channel endpoint (or not of this channel)."
+)
+CHANNEL_REFUSED = Answer(
+    401,
+    ("channel-request-refused",),
+    "the platform's signature or secret is missing or wrong, or its timestamp is stale: "
+    "nothing was written.",
+)
+CHANNEL_FORBIDDEN = Answer(
+    403,
+    ("channel-request-refused",),
+    "a verification handshake with the wrong token, or a message for another account.",
+)
+CHANNEL_NO_HANDSHAKE = Answer(
+    405, ("channel-request-refused",), "this platform's webhook has no verification handshake."
+)
+CHANNEL_PAYLOAD = Answer(
+    400, ("malformed-payload",), "a verified request whose body is not the platform's."
+)
+CHANNEL_REFUSED_URL = Answer(
+    422, ("channel-url-refused",), "`api_base` or `public_url` is not a usable http(s) URL."
+)
 NOT_READY = Answer(503, ("not-ready",), "a dependency is unreachable or unsafe (`checks`).")
 
 
@@ -222,9 +245,17 @@ def implied(path: str, operation: Mapping[str, Any]) -> list[Answer]:
         found += [MALFORMED_BODY, BODY_TIMEOUT, BODY_TOO_LARGE, NOT_JSON]
     if operation.get("parameters") or "requestBody" in operation:
         found.append(INVALID_REQUEST)
-    if path.startswith(API_PREFIX):
+    if is_platform_webhook(path):
+        found.append(STORE_UNAVAILABLE)
+    elif path.startswith(API_PREFIX):
         found += [NOT_AUTHENTICATED, RATE_LIMITED, STORE_UNAVAILABLE]
     return found
+
+
+def is_platform_webhook(path: str) -> bool:
+    """A messaging platform's webhook: authenticated by the platform's signature, not by
+    an API key."""
+    return path.startswith("/v1/channels/{channel}/") and path.endswith("/webhook")
 
 
 def install(app: FastAPI, settings: Settings) -> None:
@@ -263,7 +294,7 @@ def document(raw: dict[str, Any], *, max_wait_s: float) -> dict[str, Any]:
             for parameter in operation.get("parameters", ()):
                 if parameter["in"] == "query" and parameter["name"] == "wait":
                     parameter["schema"]["maximum"] = max_wait_s  # more is a 422
-            if path.startswith(API_PREFIX):
+            if path.startswith(API_PREFIX) and not is_platform_webhook(path):
                 operation["security"] = SECURITY
     components = raw.setdefault("components", {})
     schemas = components.setdefault("schemas", {})

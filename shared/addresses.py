@@ -35,6 +35,22 @@ class Target:
     address: str
     path: str
 
+    @property
+    def pinned_url(self) -> str:
+        """The URL with the checked address in place of the host: connecting to it never
+        resolves the name again (send ``host_header`` and, for https, ``server_hostname``)."""
+        address = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{self.scheme}://{address}:{self.port}{self.path}"
+
+    @property
+    def host_header(self) -> str:
+        return self.host if self.port in (80, 443) else f"{self.host}:{self.port}"
+
+    @property
+    def server_hostname(self) -> str | None:
+        """The name TLS checks the certificate against (None for plain http)."""
+        return self.host if self.scheme == "https" else None
+
 
 def embedded(ip: Address) -> Address:
     """The IPv4 address an IPv6 one carries, if it carries one."""

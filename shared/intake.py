@@ -10,6 +10,7 @@ from typing import Any, Literal
 from shared.keys import SessionKeys
 from shared.settings import Strategy
 from shared.store import Accepted, SessionStore, TurnDefaults
+from shared.store.records import ChannelRoute
 from shared.wakeup import WakeUps
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ async def submit(
     debounce_s: float | None = None,
     defaults: TurnDefaults | None = None,
     announce_cancel: bool = False,
+    channel: ChannelRoute | None = None,
+    idempotency_ttl_s: int | None = None,
 ) -> Submitted:
     """Accept a turn and wake a worker unless one already holds the session.
 
@@ -58,6 +61,8 @@ async def submit(
         debounce_s=debounce_s,
         defaults=defaults,
         announce_cancel=announce_cancel,
+        channel=channel,
+        idempotency_ttl_s=idempotency_ttl_s,
     )
     if accepted.lock_held:
         return Submitted(accepted, None)

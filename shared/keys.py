@@ -96,6 +96,16 @@ class SessionKeys:
         return f"{self.tag}:outbox"
 
     @property
+    def replies(self) -> str:
+        """List: replies waiting to go back to this session's messaging chat, in order
+        (``shared.channels.lane.Reply`` as JSON; the head is sent next)."""
+        return f"{self.tag}:replies"
+
+    def seen(self, message: str) -> str:
+        """String present once a platform message that became no turn was answered."""
+        return f"{self.tag}:seen:{message}"
+
+    @property
     def woken(self) -> str:
         """String present while a wake-up sent by the sweeper is outstanding."""
         return f"{self.tag}:woken"
@@ -155,6 +165,33 @@ class GlobalKeys:
     def rate_limits(self) -> str:
         """Prefix of the per-tenant rate-limit counters (the ``limits`` library's keys)."""
         return f"{self.prefix}:limits"
+
+    @property
+    def channels(self) -> str:
+        """Hash: channel endpoint id -> the endpoint (tenant, platform, credentials) as JSON."""
+        return f"{self.prefix}:channels"
+
+    def channel_ids(self, tenant: str) -> str:
+        """Set: the ids of a tenant's channel endpoints."""
+        return f"{self.prefix}:channels:tenant:{tenant}"
+
+    @property
+    def replies_due(self) -> str:
+        """Sorted set: ``tenant:session`` members whose reply lane may hold replies, scored
+        by when the next one may be sent (ms; a claim moves the score into the future)."""
+        return f"{self.prefix}:replies:due"
+
+    def channel_paused(self, endpoint_id: str) -> str:
+        """String present while a platform asked a bot to wait (a 429's ``retry_after``)."""
+        return f"{self.prefix}:channels:paused:{endpoint_id}"
+
+    def reply_dead_letters(self, tenant: str) -> str:
+        """Hash: a tenant's replies that could not be sent (id -> JSON)."""
+        return f"{self.prefix}:replies:dead:{tenant}"
+
+    def reply_dead_index(self, tenant: str) -> str:
+        """Sorted set: a tenant's dead reply ids scored by when they died (ms)."""
+        return f"{self.prefix}:replies:dead:{tenant}:index"
 
     def endpoints(self, tenant: str) -> str:
         """Hash: a tenant's webhook endpoints (id -> JSON) and its signing secrets."""

@@ -95,6 +95,13 @@ class Settings(BaseSettings):
     webhook_backoff_s: float = Field(default=2.0, ge=0)
     webhook_max_backoff_s: float = Field(default=3600.0, ge=0)
     webhook_rotation_s: int = Field(default=24 * 3600, ge=0)
+    # Replies to messaging channels: a platform API on a private address (a loopback fake,
+    # a proxy of your own) only when allowed; retries back off exponentially with jitter.
+    channel_allow_private: bool = False
+    channel_timeout_s: float = Field(default=15.0, gt=0)
+    channel_max_attempts: int = Field(default=10, ge=1)
+    channel_backoff_s: float = Field(default=1.0, ge=0)
+    channel_max_backoff_s: float = Field(default=600.0, ge=0)
     queue: str = "chatlane"
 
     # HTTP hardening (api/guards.py, api/http11.py; docs/security.md). The head

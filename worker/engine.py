@@ -1,5 +1,6 @@
 """The worker process's asyncio engine: one event loop, in its own thread, runs every
-turn's I/O (the session store, the model stream, the heartbeat, the sweeper).
+turn's I/O (the session store, the model stream, the heartbeat, the sweeper) and sends
+webhooks and the replies to messaging channels.
 
 Celery still carries the wake-ups and spreads sessions across processes and hosts. Its
 pool threads only hand each session to the engine (``submit``) and return at once: a
@@ -28,6 +29,7 @@ from shared.store import DeltaBatcher, EventHub, Heartbeat, SessionStore
 from shared.store.outbox import Outbox
 from shared.wakeup import open_wake_ups
 from worker.model import ModelSource
+from worker.replies import ReplySender
 from worker.stops import follow_stops
 from worker.sweeper import run_sweeper
 from worker.turn import Runtime, drain_session
@@ -149,10 +151,13 @@ class Engine:
             heartbeat = Heartbeat(store)
             deltas = DeltaBatcher(store, flush_s=settings.stream_flush_s)
             outbox = Outbox(store)
-            sender = WebhookSender(outbox, settings)
+            quotas = Quotas(client, settings)
+            replies = ReplySender(outbox.lane, outbox.directory, settings, quotas.storage)
+            sender = WebhookSender(outbox, settings, replies_due=replies.wake)
             async with open_wake_ups(settings, client) as wake_ups:
                 tasks = [
                     asyncio.create_task(sender.run(), name="chatlane-webhooks"),
+                    asyncio.create_task(replies.run(), name="chatlane-replies"),
                     asyncio.create_task(heartbeat.run(), name="chatlane-heartbeat"),
                     asyncio.create_task(
                         follow_stops(hub, store.globals.control, heartbeat),
@@ -170,7 +175,7 @@ class Engine:
                     deltas,
                     models,
                     outbox,
-                    Quotas(client, settings),
+                    quotas,
                     sender.wake,
                 )
                 if settings.settle_heap:

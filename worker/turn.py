@@ -209,12 +209,13 @@ async def webhook_event(
     rt: Runtime, tenant: str, group: tuple[Turn, ...], outcome: Outcome
 ) -> EventName | Literal[""]:
     """The webhook event the commit of a turn (with its coalesced group) announces
-    (``""``: nobody listens)."""
+    (``""``: nobody listens). A turn from a messaging channel always announces it: its
+    outbox message is what queues the reply to its chat."""
     turn = group[0]
     if turn.kind != "message":
         return ""
     event: EventName = "turn.completed" if outcome.status == "completed" else "turn.failed"
-    if any(t.webhook for t in group) or await rt.outbox.subscribed(tenant, event):
+    if any(t.webhook or t.channel for t in group) or await rt.outbox.subscribed(tenant, event):
         return event
     return ""
 

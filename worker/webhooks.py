@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Callable
 
 import aiohttp
 
@@ -37,9 +38,12 @@ POLL_S = 0.5
 class WebhookSender:
     """Delivers this deployment's webhooks (at least once); ``wake`` after a commit."""
 
-    def __init__(self, outbox: Outbox, settings: Settings) -> None:
+    def __init__(
+        self, outbox: Outbox, settings: Settings, replies_due: Callable[[], None] = lambda: None
+    ) -> None:
         self._outbox = outbox
         self._settings = settings
+        self._replies_due = replies_due
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(IN_FLIGHT)
         self._session: aiohttp.ClientSession | None = None
@@ -72,8 +76,11 @@ class WebhookSender:
     async def once(self) -> int:
         """Expand due outboxes, then send due deliveries; returns how many were tried."""
         outbox = self._outbox
+        expanded = 0
         for member, claimed in await outbox.claim_sessions(BATCH, SESSION_LEASE_MS):
-            await outbox.expand(member, claimed)
+            expanded += await outbox.expand(member, claimed)
+        if expanded:
+            self._replies_due()  # some of those messages may have queued chat replies
         lease_ms = int((self._settings.webhook_timeout_s * 2 + 30) * 1000)
         deliveries = await outbox.claim_deliveries(BATCH, lease_ms)
         await asyncio.gather(*(self._send(d) for d in deliveries))
@@ -117,20 +124,18 @@ class WebhookSender:
         headers = {
             **signed_headers(delivery.msg_id, body, secrets_),
             "content-type": "application/json",
-            "host": target.host if target.port in (80, 443) else f"{target.host}:{target.port}",
+            "host": target.host_header,
         }
-        address = f"[{target.address}]" if ":" in target.address else target.address
-        url = f"{target.scheme}://{address}:{target.port}{target.path}"
         delivery.attempts += 1
         assert self._session is not None
         status, wait = 0, None
         try:
             async with self._session.post(
-                url,
+                target.pinned_url,
                 data=body,
                 headers=headers,
                 allow_redirects=False,
-                server_hostname=target.host if target.scheme == "https" else None,
+                server_hostname=target.server_hostname,
             ) as response:
                 status = response.status
                 await response.content.read(MAX_RESPONSE_BYTES)

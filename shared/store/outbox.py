@@ -18,6 +18,8 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, Field
 
+from shared.channels.endpoints import Directory
+from shared.channels.lane import Lane, Reply, replies_for
 from shared.keys import SessionKeys, parse_member
 from shared.recent import Recent
 from shared.signing import new_secret
@@ -95,6 +97,8 @@ class Outbox:
         self._client = store.client
         self._keys = store.globals
         self._endpoints: Recent[list[Endpoint]] = Recent(CACHE_S)
+        self.directory = Directory(store.client, store.globals)
+        self.lane = Lane(store)
 
     # -- endpoints and secrets ------------------------------------------------------------
 
@@ -163,7 +167,8 @@ class Outbox:
         return await self.claim(self._keys.outbox_index, limit, lease_ms)
 
     async def expand(self, member: str, claimed: str) -> int:
-        """Turn the session's outbox messages into deliveries; returns how many messages.
+        """Turn the session's outbox messages into deliveries, and the replies its
+        messaging chat is owed into its reply lane; returns how many messages.
 
         The session leaves the index only if no commit noted it since it was claimed.
         """
@@ -171,16 +176,27 @@ class Outbox:
         keys = self.store.keys(tenant, session)
         messages = await self._client.lrange(keys.outbox, 0, -1)
         now = now_ms()
+        handled: list[tuple[str, list[Reply]]] = []
         for raw in messages:
             message = orjson.loads(raw)
-            deliveries = await self._deliveries_for(tenant, session, message, now)
+            replies: list[Reply] = []
+            handled.append((message["msg"], replies))
+            raw_turn = await self._client.hget(keys.turns, message["turn_id"])
+            if raw_turn is None:
+                continue
+            turn = Turn.from_json(raw_turn)
+            deliveries = await self._deliveries_for(tenant, session, message, turn, now)
             if deliveries:
                 pipe = self._client.pipeline(transaction=False)
                 for delivery in deliveries:
                     self._schedule(pipe, delivery, now)
                 await pipe.execute()
-        if messages:
-            await self._client.ltrim(keys.outbox, len(messages), -1)
+            if turn.channel is not None and message["type"] != "turn.cancelled":
+                endpoint = await self.directory.find(turn.channel.endpoint_id)
+                if endpoint is not None:
+                    replies += replies_for(endpoint, turn, message["msg"])
+        if handled:
+            await self.lane.route(keys, handled)
         await self.store.scripts.forget(
             self._client, [self._keys.outbox_index], {"member": member, "score": claimed}
         )
@@ -189,13 +205,8 @@ class Outbox:
         return len(messages)
 
     async def _deliveries_for(
-        self, tenant: str, session: str, message: dict[str, Any], now: int
+        self, tenant: str, session: str, message: dict[str, Any], turn: Turn, now: int
     ) -> list[Delivery]:
-        keys = self.store.keys(tenant, session)
-        raw = await self._client.hget(keys.turns, message["turn_id"])
-        if raw is None:
-            return []
-        turn = Turn.from_json(raw)
         event: EventName = message["type"]
         body = orjson.dumps(
             {

@@ -52,6 +52,20 @@ class Cancellation(BaseModel):
     by: str | None = Field(default=None, description="The turn whose strategy cancelled it.")
 
 
+class ChannelRoute(BaseModel):
+    """Where a turn that came in over a messaging channel is answered."""
+
+    endpoint_id: str = Field(description="The channel endpoint the message arrived at.")
+    chat: str = Field(description="The platform's chat (Telegram chat, Slack channel, phone).")
+    thread: str | None = Field(
+        default=None, description="The thread or topic in that chat the reply goes to."
+    )
+    via: str | None = Field(
+        default=None, description="The bot's own address the message was sent to (a number)."
+    )
+    message: str = Field(description="The platform's id of the message (its dedupe key).")
+
+
 class Turn(BaseModel):
     """One chat turn: its input, status and result. Timestamps are stored as ms and
     shown as RFC 3339 date-times."""
@@ -88,6 +102,10 @@ class Turn(BaseModel):
     cancellation: Cancellation | None = Field(
         default=None, description="Why the turn was cancelled (status `cancelled`)."
     )
+    channel: ChannelRoute | None = Field(
+        default=None,
+        description="The messaging channel the message came from; the reply goes back there.",
+    )
     debounce_ms: int = Field(default=0, exclude=True)
     crashes: int = Field(
         default=0, exclude=True, description="Attempts that died with their worker."
@@ -115,11 +133,13 @@ def queued_record(
     webhook: str | None = None,
     strategy: Strategy | None = None,
     debounce_ms: int | None = None,
+    channel: ChannelRoute | None = None,
 ) -> dict[str, Any]:
     """The record ``accept.lua`` stores for a new turn (it adds ``seq``, and resolves an
     unset ``strategy`` / ``debounce_ms`` from the session's or the deployment's)."""
     return {
         "webhook": webhook,
+        "channel": channel.model_dump() if channel is not None else None,
         "strategy": strategy,
         "debounce_ms": debounce_ms,
         "id": turn_id,

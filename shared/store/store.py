@@ -29,7 +29,7 @@ from shared.keys import GlobalKeys, SessionKeys
 from shared.settings import Settings, Strategy
 from shared.store.defaults import TurnDefaults
 from shared.store.packed import send_packed
-from shared.store.records import Event, Session, Turn, now_ms, queued_record
+from shared.store.records import ChannelRoute, Event, Session, Turn, now_ms, queued_record
 from shared.store.results import Accepted, Cancelled, Debounce, Head, Outcome, Page
 from shared.store.scripts import Scripts
 
@@ -94,6 +94,8 @@ class SessionStore:
         debounce_s: float | None = None,
         defaults: TurnDefaults | None = None,
         announce_cancel: bool = False,
+        channel: ChannelRoute | None = None,
+        idempotency_ttl_s: int | None = None,
     ) -> Accepted:
         """Record a turn (``queued``) at the end of the session's mailbox, and apply its
         double-texting ``strategy`` to the turns pending before it, in the same atomic
@@ -106,14 +108,18 @@ class SessionStore:
         session that may hold pending turns. Raises ``IdempotencyConflict``,
         ``MailboxFull``, ``HistoryFull``, ``SessionActive`` (strategy ``reject``) or (with
         ``existing_only``) ``SessionNotFound``; then nothing was queued or cancelled.
+        ``channel``: the messaging chat the reply goes to; ``idempotency_ttl_s``: how
+        long the key is remembered when not the deployment's setting (platforms redeliver
+        for days), never past the session's lifetime.
         """
         settings = self.settings
         created = now_ms()
         turn_id = new_turn_id()
         debounce_ms = None if debounce_s is None else round(debounce_s * 1000)
         record = queued_record(
-            turn_id, keys.session, kind, input_doc, created, webhook, strategy, debounce_ms
-        )
+            turn_id, keys.session, kind, input_doc, created, webhook, strategy, debounce_ms,
+            channel,
+        )  # fmt: skip
         input_json = orjson.dumps([input_doc, webhook, strategy, debounce_ms])
         fallback = defaults or TurnDefaults()
         script_keys = [
@@ -131,7 +137,9 @@ class SessionStore:
             "turn": record,
             "fingerprint": fingerprint(kind, input_json) if idempotency_key else "",
             # Never remember a key longer than the turn it points to can live.
-            "idem_ttl_ms": min(settings.idempotency_ttl_s * 1000, settings.session_ttl_ms),
+            "idem_ttl_ms": min(
+                (idempotency_ttl_s or settings.idempotency_ttl_s) * 1000, settings.session_ttl_ms
+            ),
             "max_pending": settings.max_pending_turns,
             "max_history": settings.max_history_messages,
             "existing_only": existing_only,

@@ -51,6 +51,7 @@ class Sweep:
         forget: list[tuple[str, str]] = []
         stalled: list[SessionKeys] = []
         unsent: list[SessionKeys] = []
+        unreplied: list[SessionKeys] = []
         offset = 0
         while True:
             batch = await client.zrange(
@@ -68,17 +69,20 @@ class Sweep:
                     pipe.exists(keys.lock)
                     pipe.llen(keys.mailbox)
                     pipe.llen(keys.outbox)
+                    pipe.llen(keys.replies)
                 states = await pipe.execute()
             for i, (member, score) in enumerate(batch):
-                locked, pending, outbox = states[3 * i : 3 * i + 3]
+                locked, pending, outbox, replies = states[4 * i : 4 * i + 4]
                 if outbox:  # the committer died before noting it: a sender must look
                     unsent.append(sessions[i])
+                if replies:
+                    unreplied.append(sessions[i])
                 if locked:
                     continue  # a live holder drains it
                 if pending:
                     stalled.append(sessions[i])
-                elif outbox:
-                    continue  # not idle yet
+                elif outbox or replies:
+                    continue  # not idle until they are sent
                 elif self._idle.get(member) == score:
                     forget.append((member, score))
                 else:
@@ -89,6 +93,10 @@ class Sweep:
         if unsent:
             await client.zadd(
                 store.globals.outbox_index, {k.member: now_ms() for k in unsent}, nx=True
+            )
+        if unreplied:  # the router died before scheduling them, or they wait their turn
+            await client.zadd(
+                store.globals.replies_due, {k.member: now_ms() for k in unreplied}, nx=True
             )
         if not forget and not stalled:
             return []

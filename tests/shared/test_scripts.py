@@ -16,7 +16,7 @@ from shared.store.scripts import NAMES, source
 # Commands whose first argument is a key (every one the scripts use).
 KEY_COMMANDS = {
     "DEL", "EXISTS", "GET", "HDEL", "HGET", "HINCRBY", "HMGET", "HSET", "HSETNX", "LINDEX",
-    "LLEN", "LPOP", "LRANGE", "LREM", "LTRIM", "PEXPIRE", "RPUSH", "SET", "XADD", "XTRIM",
+    "LLEN", "LPOP", "LRANGE", "LREM", "LSET", "LTRIM", "PEXPIRE", "RPUSH", "SET", "XADD", "XTRIM",
     "ZADD", "ZREM", "ZSCORE", "ZRANGEBYSCORE",
 }  # fmt: skip
 CALL = re.compile(r'redis\.call\("([A-Z]+)",\s*([^,)]+)')

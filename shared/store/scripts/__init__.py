@@ -28,6 +28,9 @@ NAMES = (
     "forget",
     "claim",
     "cancel",
+    "route",
+    "reply_once",
+    "settle",
 )
 
 
@@ -101,6 +104,9 @@ class Scripts:
     forget: Script
     claim: Script
     cancel: Script
+    route: Script
+    reply_once: Script
+    settle: Script
 
     @classmethod
     def load(cls) -> Scripts:

@@ -1,0 +1,317 @@
+"""Messaging channels end to end: a real API process verifies and accepts each
+platform's webhooks, real worker processes run the turns and send the replies through
+the platform's API, here a loopback fake of all four that records every call."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import isolated_settings
+from tests.support.cluster import Cluster
+from tests.support.platform_requests import (
+    SLACK_SIGNING_SECRET,
+    TELEGRAM_SECRET_TOKEN,
+    WHATSAPP_APP_SECRET,
+    SignedRequest,
+    slack_message,
+    slack_request,
+    telegram_request,
+    telegram_text_message,
+    twilio_message_params,
+    twilio_request,
+    whatsapp_request,
+    whatsapp_text_message,
+)
+from tests.support.platforms import (
+    SLACK_BOT_TOKEN,
+    TELEGRAM_TOKEN,
+    TWILIO_ACCOUNT_SID,
+    TWILIO_AUTH_TOKEN,
+    TWILIO_SMS_NUMBER,
+    WHATSAPP_PHONE_NUMBER_ID,
+    WHATSAPP_TOKEN,
+    PlatformsThread,
+)
+
+CHANNELS = ("telegram", "slack", "whatsapp", "twilio")
+
+
+@pytest.fixture(scope="module")
+def platforms() -> Iterator[PlatformsThread]:
+    with PlatformsThread() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def cluster(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with isolated_settings(redis_url) as build:
+        settings = build(
+            channel_allow_private=True,
+            channel_backoff_s=0.2,
+            channel_max_backoff_s=1.0,
+        )
+        logs: Path = tmp_path_factory.mktemp("channel-logs")
+        with Cluster(settings, logs, workers=2, concurrency=32) as running:
+            yield running
+
+
+@dataclass
+class Bot:
+    """One channel endpoint, and how its platform would talk to chatlane."""
+
+    channel: str
+    endpoint: dict[str, Any]
+    webhook_url: str
+    counter: int = 0
+
+    def chat(self, n: int) -> str:
+        """A chat id as the platform names it (and as its send API records it)."""
+        return {
+            "telegram": str(700_000_000 + n),
+            "slack": f"D{n:08d}",
+            "whatsapp": f"1555{n:07d}",
+            "twilio": f"+1555{n:07d}",
+        }[self.channel]
+
+    def inbound(self, chat: str, text: str, message_id: str | None = None) -> SignedRequest:
+        """The platform's webhook request for one text message (``message_id``: the
+        platform's id, to imitate a redelivery)."""
+        if self.channel == "telegram":
+            update = telegram_text_message(chat_id=int(chat), text=text)
+            if message_id is not None:
+                update["update_id"] = int(message_id)
+            return telegram_request(update)
+        if self.channel == "slack":
+            event = slack_message(channel=chat, user="U0000USER1", text=text, event_id=message_id)
+            return slack_request(event)
+        if self.channel == "whatsapp":
+            return whatsapp_request(
+                whatsapp_text_message(from_=chat, text=text, message_id=message_id)
+            )
+        params = twilio_message_params(from_=chat, body=text, message_sid=message_id)
+        return twilio_request(self.webhook_url, params)
+
+
+def credentials(channel: str) -> dict[str, str]:
+    return {
+        "telegram": {"bot_token": TELEGRAM_TOKEN, "secret_token": TELEGRAM_SECRET_TOKEN},
+        "slack": {"bot_token": SLACK_BOT_TOKEN, "signing_secret": SLACK_SIGNING_SECRET},
+        "whatsapp": {
+            "access_token": WHATSAPP_TOKEN,
+            "app_secret": WHATSAPP_APP_SECRET,
+            "phone_number_id": WHATSAPP_PHONE_NUMBER_ID,
+        },
+        "twilio": {"account_sid": TWILIO_ACCOUNT_SID, "auth_token": TWILIO_AUTH_TOKEN},
+    }[channel]
+
+
+def api_base(channel: str, fake_url: str) -> str:
+    return fake_url + "/api" if channel == "slack" else fake_url
+
+
+async def connect(http: httpx.AsyncClient, channel: str, fake_url: str, **settings: Any) -> Bot:
+    answer = await http.post(
+        "/v1/channels",
+        json={
+            "channel": channel,
+            "credentials": credentials(channel),
+            "api_base": api_base(channel, fake_url),
+            **settings,
+        },
+    )
+    assert answer.status_code == 201, answer.text
+    endpoint = answer.json()
+    return Bot(channel, endpoint, endpoint["webhook_url"])
+
+
+async def deliver(http: httpx.AsyncClient, bot: Bot, request: SignedRequest) -> httpx.Response:
+    return await http.post(bot.webhook_url, **request.kwargs())
+
+
+async def texts_when(
+    platforms: PlatformsThread, channel: str, chat: str, count: int, timeout_s: float = 30
+) -> list[str]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = platforms.fake.sent_to(channel, chat)  # type: ignore[arg-type]
+        if len(found) >= count:
+            return found
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{chat} got {platforms.fake.sent_to(channel, chat)}")  # type: ignore[arg-type]
+
+
+def session_of(bot: Bot, chat: str) -> str:
+    """The session chatlane keeps for one chat of a bot (a Twilio one: per own number)."""
+    own = f":v{_plain(TWILIO_SMS_NUMBER)}" if bot.channel == "twilio" else ""
+    return f"{bot.channel}:{bot.endpoint['id']}:{_plain(chat)}{own}"
+
+
+def _plain(chat: str) -> str:
+    return "".join(c if c.isalnum() or c in ".-" else f"_{ord(c):02x}" for c in chat)
+
+
+@pytest.mark.parametrize("channel", CHANNELS)
+async def test_a_message_comes_back_as_a_reply_in_the_same_chat(
+    cluster: Cluster, platforms: PlatformsThread, channel: str
+) -> None:
+    async with httpx.AsyncClient(base_url=cluster.base_url, timeout=30) as http:
+        bot = await connect(http, channel, platforms.base_url, debounce_s=0)
+        chat = bot.chat(1)
+        answer = await deliver(http, bot, bot.inbound(chat, "hello there"))
+        assert answer.status_code == 200, answer.text
+        replies = await texts_when(platforms, channel, chat, 1)
+        assert replies == ["echo: hello there (saw 0 earlier messages)"]
+        session = (await http.get(f"/v1/sessions/{session_of(bot, chat)}/messages")).json()
+        assert [m["data"]["content"] for m in session["data"]] == ["hello there", replies[0]]
+        await asyncio.sleep(1.5)  # nothing more comes
+        assert platforms.fake.sent_to(channel, chat) == replies  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("channel", CHANNELS)
+async def test_a_forged_signature_is_refused_and_writes_nothing(
+    cluster: Cluster, platforms: PlatformsThread, channel: str
+) -> None:
+    async with httpx.AsyncClient(base_url=cluster.base_url, timeout=30) as http:
+        bot = await connect(http, channel, platforms.base_url)
+        chat = bot.chat(2)
+        genuine = bot.inbound(chat, "let me in")
+        forged_headers = {
+            k: (v[:-4] + ("AAAA" if not v.endswith("AAAA") else "BBBB"))
+            if k.lower() in SIGNATURE_HEADERS
+            else v
+            for k, v in genuine.headers.items()
+        }
+        forged = await http.post(bot.webhook_url, content=genuine.body, headers=forged_headers)
+        assert forged.status_code == 401, forged.text
+        assert forged.headers["content-type"] == "application/problem+json"
+        if channel != "telegram":  # Telegram signs nothing: its secret proves the sender
+            tampered = await http.post(
+                bot.webhook_url, content=genuine.body.replace(b"let", b"LET"),
+                headers=genuine.headers,
+            )  # fmt: skip
+            assert tampered.status_code == 401, tampered.text
+        unsigned = {k: v for k, v in genuine.headers.items() if k.lower() not in SIGNATURE_HEADERS}
+        bare = await http.post(bot.webhook_url, content=genuine.body, headers=unsigned)
+        assert bare.status_code == 401, bare.text
+        missing = await http.get(f"/v1/sessions/{session_of(bot, chat)}")
+        assert missing.status_code == 404, missing.text
+
+
+SIGNATURE_HEADERS = {
+    "x-telegram-bot-api-secret-token",
+    "x-slack-signature",
+    "x-hub-signature-256",
+    "x-twilio-signature",
+}
+
+
+async def test_a_slack_request_signed_long_ago_is_refused_as_a_replay(
+    cluster: Cluster, platforms: PlatformsThread
+) -> None:
+    async with httpx.AsyncClient(base_url=cluster.base_url, timeout=30) as http:
+        bot = await connect(http, "slack", platforms.base_url)
+        event = slack_message(channel=bot.chat(3), user="U0000USER1", text="old news")
+        stale = slack_request(event, timestamp=int(time.time()) - 6 * 60)
+        answer = await deliver(http, bot, stale)
+        assert answer.status_code == 401, answer.text
+        assert "five minutes" in answer.json()["detail"]
+        fresh = await deliver(http, bot, slack_request(event))
+        assert fresh.status_code == 200
+
+
+@pytest.mark.parametrize("channel", CHANNELS)
+async def test_redelivered_messages_become_one_turn_each_in_order(
+    cluster: Cluster, platforms: PlatformsThread, channel: str
+) -> None:
+    async with httpx.AsyncClient(base_url=cluster.base_url, timeout=30) as http:
+        bot = await connect(http, channel, platforms.base_url, strategy="enqueue")
+        chat = bot.chat(4)
+        ids = [str(90_000 + n) if channel == "telegram" else f"m{channel}{n}x" for n in range(3)]
+        requests = [bot.inbound(chat, f"number {n}", ids[n]) for n in range(3)]
+        for n in (0, 1, 0, 2, 1, 2, 0):  # the same updates again, and out of order
+            answer = await deliver(http, bot, requests[n])
+            assert answer.status_code == 200, answer.text
+        replies = await texts_when(platforms, channel, chat, 3)
+        assert replies == [f"echo: number {n} (saw {2 * n} earlier messages)" for n in range(3)]
+        turns = (await http.get(f"/v1/sessions/{session_of(bot, chat)}/turns")).json()
+        assert [t["input"]["content"] for t in turns["data"]] == [f"number {n}" for n in range(3)]
+        assert [t["channel"]["message"] for t in turns["data"]] == ids
+        await asyncio.sleep(1.0)
+        assert len(platforms.fake.sent_to(channel, chat)) == 3  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("channel", CHANNELS)
+async def test_a_burst_of_messages_gets_one_reply(
+    cluster: Cluster, platforms: PlatformsThread, channel: str
+) -> None:
+    async with httpx.AsyncClient(base_url=cluster.base_url, timeout=30) as http:
+        bot = await connect(http, channel, platforms.base_url, debounce_s=1.0)
+        chat = bot.chat(5)
+        for n in range(4):
+            answer = await deliver(http, bot, bot.inbound(chat, f"part {n}"))
+            assert answer.status_code == 200, answer.text
+        replies = await texts_when(platforms, channel, chat, 1)
+        await asyncio.sleep(2.0)
+        assert platforms.fake.sent_to(channel, chat) == replies  # type: ignore[arg-type]
+        assert replies == ["echo: part 3 (saw 3 earlier messages)"]
+        turns = (await http.get(f"/v1/sessions/{session_of(bot, chat)}/turns")).json()["data"]
+        assert [t["status"] for t in turns] == ["completed"] * 4
+        assert {t["answered_by"] or t["id"] for t in turns} == {turns[0]["id"]}
+
+
+@pytest.mark.parametrize("channel", CHANNELS)
+async def test_replies_survive_the_send_api_going_down_and_throttling(
+    cluster: Cluster, platforms: PlatformsThread, channel: str
+) -> None:
+    fake = platforms.fake
+    async with httpx.AsyncClient(base_url=cluster.base_url, timeout=30) as http:
+        bot = await connect(http, channel, platforms.base_url, strategy="enqueue")
+        chat = bot.chat(6)
+        fake.down(platform=channel)  # type: ignore[arg-type]
+        try:
+            for n in range(3):
+                answer = await deliver(http, bot, bot.inbound(chat, f"while down {n}"))
+                assert answer.status_code == 200, answer.text
+            session = session_of(bot, chat)
+            await _until(
+                http,
+                session,
+                lambda turns: all(t["status"] == "completed" for t in turns) and len(turns) == 3,
+            )
+            await asyncio.sleep(1.0)  # a few failed attempts
+            assert fake.sent_to(channel, chat) == []  # type: ignore[arg-type]
+        finally:
+            fake.up()
+        fake.throttle(2, 1, platform=channel)  # type: ignore[arg-type]
+        replies = await texts_when(platforms, channel, chat, 3)
+        await asyncio.sleep(1.5)
+        assert fake.sent_to(channel, chat) == [  # type: ignore[arg-type]
+            f"echo: while down {n} (saw {2 * n} earlier messages)" for n in range(3)
+        ]
+        assert replies == fake.sent_to(channel, chat)  # type: ignore[arg-type]
+        outcomes = [a.outcome for a in fake.attempts if a.platform == channel]
+        assert "down" in outcomes and "throttled" in outcomes
+
+
+async def _until(
+    http: httpx.AsyncClient,
+    session: str,
+    done: Callable[[list[dict[str, Any]]], bool],
+    timeout_s: float = 30,
+) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout_s
+    turns: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        turns = (await http.get(f"/v1/sessions/{session}/turns")).json().get("data", [])
+        if done(turns):
+            return turns
+        await asyncio.sleep(0.1)
+    raise AssertionError(turns)

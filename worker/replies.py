@@ -1,0 +1,169 @@
+"""Sending replies to messaging channels: each worker process runs a sender on its engine.
+
+The sender claims sessions whose reply lane has a reply due, and sends each lane's head
+through its platform's API (``shared.channels``), to the address checked for it (the
+API base is a tenant's setting: private addresses only with
+``CHATLANE_CHANNEL_ALLOW_PRIVATE``). One reply per chat is in flight at a time, so a chat
+gets its replies in order, at most one per the platform's ``chat_interval_s``; each bot
+sends at most its ``per_second`` (counted in Redis, across every worker). A ``429``
+pauses the bot for the ``retry_after`` the platform asked, without counting an attempt;
+a network error, a timeout or a ``5xx`` is tried again after an exponential backoff with
+jitter; an answer that retrying cannot change (a revoked token, a chat that is gone), or
+``CHATLANE_CHANNEL_MAX_ATTEMPTS`` failures, makes the reply a dead letter and the chat's
+next reply goes on. A worker that dies mid-send leaves its claim to run out: the reply
+is sent again (at least once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import Any
+
+import aiohttp
+from limits import RateLimitItemPerSecond
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
+
+from shared.addresses import Target, TargetRefused, resolve
+from shared.aio import event_set_within, stop_if_cancelled
+from shared.channels.endpoints import Directory
+from shared.channels.lane import Lane, Reply
+from shared.channels.platform import Call, Result
+from shared.keys import SessionKeys
+from shared.settings import Settings
+from shared.store.records import now_ms
+
+log = logging.getLogger(__name__)
+
+MAX_RESPONSE_BYTES = 64 * 1024
+BATCH = 100
+IN_FLIGHT = 64
+POLL_S = 0.25
+
+
+class ReplySender:
+    """Sends the replies every chat is owed; ``wake`` when some were queued."""
+
+    def __init__(self, lane: Lane, directory: Directory, settings: Settings, storage: Any) -> None:
+        self._lane = lane
+        self._directory = directory
+        self._settings = settings
+        self._limiter = SlidingWindowCounterRateLimiter(storage)
+        self._wake = asyncio.Event()
+        self._slots = asyncio.Semaphore(IN_FLIGHT)
+        self._session: aiohttp.ClientSession | None = None
+        self.sent = 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Send until cancelled."""
+        timeout = self._settings.channel_timeout_s
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=IN_FLIGHT),
+            timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 5.0)),
+            headers={"user-agent": "chatlane-channels"},
+        )
+        try:
+            while True:
+                stop_if_cancelled()
+                await event_set_within(self._wake, POLL_S)
+                self._wake.clear()
+                try:
+                    while await self.once() == BATCH:
+                        pass
+                except Exception:
+                    log.warning("sending replies failed; retrying", exc_info=True)
+                    await asyncio.sleep(1)
+        finally:
+            await self._session.close()
+
+    async def once(self) -> int:
+        """Send the head of every due lane (one claim's worth); returns how many lanes."""
+        lease_ms = int((self._settings.channel_timeout_s * 2 + 30) * 1000)
+        claimed = await self._lane.claim(BATCH, lease_ms)
+        await asyncio.gather(*(self._serve(keys, claim) for keys, claim in claimed))
+        return len(claimed)
+
+    async def _serve(self, keys: SessionKeys, claimed: str) -> None:
+        async with self._slots:
+            reply = await self._lane.head(keys)
+            if reply is None:
+                await self._lane.release(keys, claimed)
+                return
+            endpoint = await self._directory.find(reply.endpoint_id)
+            if endpoint is None:
+                await self._lane.bury(keys, reply, "the channel endpoint was deleted")
+                return
+            now = now_ms()
+            paused = await self._lane.paused_until(endpoint.id)
+            if paused > now:
+                await self._lane.later(keys, reply, paused)
+                return
+            rate = RateLimitItemPerSecond(endpoint.per_second or endpoint.platform.per_second)
+            if not await self._limiter.hit(rate, "channel", endpoint.id):
+                await self._lane.later(keys, reply, now + random.randint(100, 1000))
+                return
+            call = endpoint.platform.call(endpoint, reply.route, reply.text)
+            try:
+                target = await resolve(call.url, allow_private=self._settings.channel_allow_private)
+            except TargetRefused as refused:
+                await self._lane.bury(keys, reply, f"refused: {refused}")
+                return
+            status, headers, body, error = await self._post(call, target)
+            result = endpoint.platform.result(status, headers, body) if status else None
+            await self._settle(keys, reply, endpoint.id, endpoint.platform.chat_interval_s,
+                               result, error)  # fmt: skip
+
+    async def _settle(
+        self,
+        keys: SessionKeys,
+        reply: Reply,
+        endpoint_id: str,
+        interval_s: float,
+        result: Result | None,
+        error: str,
+    ) -> None:
+        if result is not None and result.ok:
+            self.sent += 1
+            await self._lane.sent(keys, reply, now_ms() + int(interval_s * 1000))
+            return
+        reply.last_error = (result.error if result is not None else error) or "failed"
+        if result is not None and result.permanent:
+            await self._lane.bury(keys, reply, reply.last_error)
+            return
+        if result is not None and result.retry_after_s is not None:
+            await self._lane.pause(endpoint_id, result.retry_after_s)
+            await self._lane.later(keys, reply, now_ms() + int(result.retry_after_s * 1000))
+            return
+        reply.attempts += 1
+        if reply.attempts >= self._settings.channel_max_attempts:
+            await self._lane.bury(keys, reply, reply.last_error)
+            return
+        await self._lane.later(keys, reply, now_ms() + int(self._backoff(reply.attempts) * 1000))
+
+    async def _post(self, call: Call, target: Target) -> tuple[int, dict[str, str], bytes, str]:
+        """POST ``call`` to the address checked for its URL: (status, lower-case headers,
+        body, error); status 0 when no answer came."""
+        assert self._session is not None
+        try:
+            async with self._session.post(
+                target.pinned_url,
+                json=call.json,
+                data=call.form,
+                headers={**call.headers, "host": target.host_header},
+                allow_redirects=False,
+                server_hostname=target.server_hostname,
+            ) as response:
+                body = await response.content.read(MAX_RESPONSE_BYTES)
+                headers = {k.lower(): v for k, v in response.headers.items()}
+                return response.status, headers, body, ""
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return 0, {}, b"", f"{type(exc).__name__}: {exc}"[:300]
+
+    def _backoff(self, attempts: int) -> float:
+        settings = self._settings
+        base = settings.channel_backoff_s * 2.0 ** (attempts - 1)
+        return float(min(base * (0.5 + random.random()), settings.channel_max_backoff_s))
