@@ -15,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 import click
 import redis
 
+from cli.channels import channels
 from cli.keys import keys
 from cli.redis_server import ManagedRedis, cannot_stand_in, free_port, port_is_free
 from cli.supervise import Child, answers_ready, api_command, stop_all, worker_command
@@ -260,6 +261,7 @@ def worker(celery_args: tuple[str, ...]) -> None:
 
 
 main.add_command(keys)
+main.add_command(channels)
 
 
 if __name__ == "__main__":
