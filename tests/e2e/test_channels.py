@@ -315,3 +315,54 @@ async def _until(
             return turns
         await asyncio.sleep(0.1)
     raise AssertionError(turns)
+
+
+async def test_a_reply_the_platform_refuses_is_a_dead_letter_that_can_be_replayed(
+    cluster: Cluster, platforms: PlatformsThread
+) -> None:
+    async with httpx.AsyncClient(base_url=cluster.base_url, timeout=30) as http:
+        bot = await connect(http, "telegram", platforms.base_url, debounce_s=0)
+        endpoint_id = bot.endpoint["id"]
+        revoked = await http.patch(
+            f"/v1/channels/{endpoint_id}", json={"credentials": {"bot_token": "0:revoked"}}
+        )
+        assert revoked.status_code == 200, revoked.text
+        await asyncio.sleep(2.1)  # every process's cached copy of the endpoint is stale now
+        chat = bot.chat(7)
+        answer = await deliver(http, bot, bot.inbound(chat, "are you there"))
+        assert answer.status_code == 200, answer.text
+        dead: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 30
+        while not dead and time.monotonic() < deadline:
+            page = (await http.get("/v1/channels/dead-letters")).json()
+            dead = [d for d in page["data"] if d["chat"] == chat]
+            await asyncio.sleep(0.1)
+        assert len(dead) == 1, dead
+        assert dead[0]["text"] == "echo: are you there (saw 0 earlier messages)"
+        assert dead[0]["attempts"] == 0 and "Unauthorized" in dead[0]["last_error"]
+        fixed = await http.patch(
+            f"/v1/channels/{endpoint_id}", json={"credentials": {"bot_token": TELEGRAM_TOKEN}}
+        )
+        assert fixed.status_code == 200
+        await asyncio.sleep(2.1)
+        replayed = await http.post(f"/v1/channels/dead-letters/{dead[0]['id']}/replay")
+        assert replayed.status_code == 202, replayed.text
+        assert await texts_when(platforms, "telegram", chat, 1) == [dead[0]["text"]]
+        again = await http.post(f"/v1/channels/dead-letters/{dead[0]['id']}/replay")
+        assert again.status_code == 404
+
+
+async def test_a_reply_longer_than_the_platform_takes_arrives_in_parts_in_order(
+    cluster: Cluster, platforms: PlatformsThread
+) -> None:
+    words = [f"w{n:04d}" for n in range(400)]  # 2,000 characters: two SMS-sized parts
+    async with httpx.AsyncClient(base_url=cluster.base_url, timeout=30) as http:
+        bot = await connect(http, "twilio", platforms.base_url, debounce_s=0)
+        chat = bot.chat(8)
+        answer = await deliver(http, bot, bot.inbound(chat, " ".join(words)))
+        assert answer.status_code == 200, answer.text
+        parts = await texts_when(platforms, "twilio", chat, 2)
+        await asyncio.sleep(1.5)
+        assert platforms.fake.sent_to("twilio", chat) == parts  # type: ignore[arg-type]
+        assert len(parts) == 2 and all(len(p) <= 1600 for p in parts)
+        assert " ".join(parts) == f"echo: {' '.join(words)} (saw 0 earlier messages)"
