@@ -62,6 +62,16 @@ class ApiMetrics:
             "Messages refused because their strategy is reject and a turn was pending.",
             registry=self.registry,
         )
+        self.channel_messages = Counter(
+            "chatlane_channel_messages_total",
+            "Messages from messaging platforms, by channel and outcome: accepted (a turn), "
+            "redelivered (the platform sent it again: no second turn), unanswerable (no text: "
+            "media, a sticker), ignored (requests that carry no message: statuses, edits, "
+            "the bot's own), rejected (strategy reject, the chat busy), refused (a bad "
+            "signature or secret, a body that is not the platform's).",
+            ["channel", "outcome"],
+            registry=self.registry,
+        )
         self.waiters = Gauge(
             "chatlane_waiters",
             "Clients of this process waiting for a session's events.",

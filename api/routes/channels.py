@@ -379,15 +379,20 @@ async def webhook(
         return _no_endpoint(endpoint_id)
     incoming = await _incoming(request)
     platform = endpoint.platform
+    counted = state.metrics.channel_messages
     try:
         platform.verify(endpoint, incoming, time.time())
         parsed = platform.parse(endpoint, incoming)
     except Refused as refused:
+        counted.labels(channel, "refused").inc()
         return _refusal(refused)
     except Malformed as malformed:
+        counted.labels(channel, "refused").inc()
         return problem(400, "Malformed payload", str(malformed), kind="malformed-payload")
+    if not parsed.messages:
+        counted.labels(channel, "ignored").inc()
     for message in parsed.messages:
-        await _take(state, endpoint, message)
+        counted.labels(channel, await _take(state, endpoint, message)).inc()
     return Response(parsed.answer.body, media_type=parsed.answer.media_type)
 
 
@@ -424,10 +429,10 @@ def _refusal(refused: Refused) -> Response:
     )
 
 
-async def _take(state: AppState, endpoint: ChannelEndpoint, message: Message) -> None:
+async def _take(state: AppState, endpoint: ChannelEndpoint, message: Message) -> str:
     """Accept one platform message as a turn of its chat's session (once, however often
     the platform delivers it); a message the bot cannot read gets the endpoint's
-    ``unsupported_reply``, once, or nothing."""
+    ``unsupported_reply``, once, or nothing. Returns the outcome, for the metrics."""
     session = endpoint.session_for(message.chat, message.thread, message.via)
     keys = state.store.keys(endpoint.tenant, session)
     if message.text is None:
@@ -444,7 +449,7 @@ async def _take(state: AppState, endpoint: ChannelEndpoint, message: Message) ->
                 created_at=now_ms(),
             )
             await state.outbox.lane.reply_once(keys, message.id, reply)
-        return
+        return "unanswerable"
     content = message.text[: state.settings.max_message_chars]
     estimate = state.quotas.turn_estimate(content)
     await state.quotas.reserve_tokens(endpoint.tenant, estimate)
@@ -472,10 +477,11 @@ async def _take(state: AppState, endpoint: ChannelEndpoint, message: Message) ->
         # still the same message; strategy "reject" drops what arrives while busy.
         await refund(state, endpoint.tenant, estimate)
         log.info("channel message %s not queued: %s", message.id, type(dropped).__name__)
-        return
+        return "redelivered" if isinstance(dropped, IdempotencyConflict) else "rejected"
     except BaseException:
         await refund(state, endpoint.tenant, estimate)
         raise
+    state.metrics.count_submitted(submitted)
     accepted = submitted.accepted
     if accepted.replayed:
         await refund(state, endpoint.tenant, estimate)
@@ -483,3 +489,4 @@ async def _take(state: AppState, endpoint: ChannelEndpoint, message: Message) ->
         for _, chars in accepted.cancelled:
             await refund(state, endpoint.tenant, state.quotas.turn_estimate(chars))
         await note_outbox(state, keys)
+    return "redelivered" if accepted.replayed else "accepted"

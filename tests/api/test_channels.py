@@ -202,6 +202,11 @@ def test_a_redelivered_telegram_update_is_one_turn_that_knows_its_chat(
         "message": str(update["update_id"]),
     }
     assert turns[0]["strategy"] == "coalesce"
+    metrics = api.get("/metrics").text
+    assert 'chatlane_channel_messages_total{channel="telegram",outcome="accepted"} 1.0' in metrics
+    assert (
+        'chatlane_channel_messages_total{channel="telegram",outcome="redelivered"} 2.0' in metrics
+    )
 
 
 def test_slack_url_verification_is_answered_with_its_challenge(

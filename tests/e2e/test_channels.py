@@ -40,6 +40,8 @@ from tests.support.platforms import (
     WHATSAPP_TOKEN,
     PlatformsThread,
 )
+from tests.support.polling import eventually
+from tests.support.receiver import Receiver
 
 CHANNELS = ("telegram", "slack", "whatsapp", "twilio")
 
@@ -55,6 +57,7 @@ def cluster(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     with isolated_settings(redis_url) as build:
         settings = build(
             channel_allow_private=True,
+            webhook_allow_private=True,
             channel_backoff_s=0.2,
             channel_max_backoff_s=1.0,
         )
@@ -366,3 +369,30 @@ async def test_a_reply_longer_than_the_platform_takes_arrives_in_parts_in_order(
         assert platforms.fake.sent_to("twilio", chat) == parts  # type: ignore[arg-type]
         assert len(parts) == 2 and all(len(p) <= 1600 for p in parts)
         assert " ".join(parts) == f"echo: {' '.join(words)} (saw 0 earlier messages)"
+
+
+async def test_a_cancelled_message_gets_no_reply(
+    cluster: Cluster, platforms: PlatformsThread
+) -> None:
+    receiver = await Receiver().start()  # the tenant hears of the cancel: an outbox message
+    try:
+        async with httpx.AsyncClient(base_url=cluster.base_url, timeout=30) as http:
+            hook = await http.post(
+                "/v1/webhooks/endpoints", json={"url": receiver.url, "events": ["turn.cancelled"]}
+            )
+            assert hook.status_code == 201, hook.text
+            await asyncio.sleep(2.1)  # every process now knows of the endpoint
+            bot = await connect(http, "whatsapp", platforms.base_url, debounce_s=3)
+            chat = bot.chat(9)
+            answer = await deliver(http, bot, bot.inbound(chat, "never mind"))
+            assert answer.status_code == 200, answer.text
+            session = session_of(bot, chat)
+            turns = await _until(http, session, lambda turns: len(turns) == 1)
+            cancelled = await http.post(f"/v1/sessions/{session}/turns/{turns[0]['id']}/cancel")
+            assert cancelled.status_code == 200, cancelled.text
+            await eventually(lambda: bool(receiver.received), timeout_s=15)  # announced
+            await asyncio.sleep(1.5)
+            assert platforms.fake.sent_to("whatsapp", chat) == []
+            await http.delete(f"/v1/webhooks/endpoints/{hook.json()['id']}")
+    finally:
+        await receiver.stop()
