@@ -191,7 +191,7 @@ class Outbox:
                 for delivery in deliveries:
                     self._schedule(pipe, delivery, now)
                 await pipe.execute()
-            if turn.channel is not None and message["type"] != "turn.cancelled":
+            if turn.channel is not None:  # replies_for judges what the turn is owed
                 endpoint = await self.directory.find(turn.channel.endpoint_id)
                 if endpoint is not None:
                     replies += replies_for(endpoint, turn, message["msg"])

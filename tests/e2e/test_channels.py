@@ -368,6 +368,8 @@ async def test_a_reply_longer_than_the_platform_takes_arrives_in_parts_in_order(
         await asyncio.sleep(1.5)
         assert platforms.fake.sent_to("twilio", chat) == parts  # type: ignore[arg-type]
         assert len(parts) == 2 and all(len(p) <= 1600 for p in parts)
+        first, second = [m.at for m in platforms.fake.sent if m.chat == chat]
+        assert second - first >= 0.9  # one message a second to one chat
         assert " ".join(parts) == f"echo: {' '.join(words)} (saw 0 earlier messages)"
 
 

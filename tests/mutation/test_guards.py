@@ -5,6 +5,9 @@ Each mutant is one textual change to one file of a copy of the project; the name
 then run on that copy (against the same Redis, under their own key prefixes) and must
 fail — as test failures, not as errors or an empty collection. A guard that can be
 removed with every test still green is a guard no test protects.
+
+The default run tries a fixed third of the mutants (``sampled``: a few minutes); run
+every one with ``pytest tests/mutation -m "slow or not slow"``.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ QUOTAS = "tests/api/test_quotas.py"
 STRAT = "tests/shared/test_strategies.py"
 DOUBLE = "tests/worker/test_double_texting.py"
 E2E_DOUBLE = "tests/e2e/test_double_texting.py"
+CH_API = "tests/api/test_channels.py"
+CH_E2E = "tests/e2e/test_channels.py"
+CH = "shared/channels/"
 
 
 @dataclass(frozen=True)
@@ -390,11 +396,58 @@ MUTANTS = [
       "event_set_within(asyncio.Event(), head.wait_s)",
       f"{DOUBLE}::test_a_stopping_worker_leaves_a_waiting_group_to_another_at_once"),
     m("members' own webhooks are announced", "worker/turn.py",
-      "if any(t.webhook for t in group) or", "if turn.webhook or",
+      "if any(t.webhook or t.channel for t in group) or", "if turn.webhook or t.channel or",
       f"{DOUBLE}::test_a_coalesced_turn_with_its_own_webhook_is_announced"),
     m("workers follow stop notices", "worker/stops.py",
       "heartbeat.stop(member, int(generation))", "pass",
       f"{E2E_DOUBLE}::test_a_cancel_stops_a_streaming_model_call_within_a_second_and_commits_nothing"),
+    # messaging channels
+    m("Telegram checks its secret token", CH + "telegram.py",
+      'if not hmac.compare_digest(given.encode(), endpoint.credentials["secret_token"].encode()):',
+      "if False:",
+      f"{CH_E2E}::test_a_forged_signature_is_refused_and_writes_nothing[telegram]"),
+    m("Slack checks its signature", CH + "slack.py",
+      'if not hmac.compare_digest(given.encode(), ("v0=" + mac.hexdigest()).encode()):',
+      "if False:",
+      f"{CH_E2E}::test_a_forged_signature_is_refused_and_writes_nothing[slack]"),
+    m("Slack refuses an old timestamp", CH + "slack.py",
+      "if abs(now_s - int(stamp)) > MAX_SKEW_S:", "if False:",
+      f"{CH_E2E}::test_a_slack_request_signed_long_ago_is_refused_as_a_replay"),
+    m("WhatsApp checks its signature", CH + "whatsapp.py",
+      "if not hmac.compare_digest(given.encode(), expected.encode()):", "if False:",
+      f"{CH_E2E}::test_a_forged_signature_is_refused_and_writes_nothing[whatsapp]"),
+    m("WhatsApp's handshake needs the verify token", CH + "whatsapp.py",
+      'if query.get("hub.mode") != "subscribe" or not hmac.compare_digest(',
+      'if query.get("hub.mode") != "subscribe" and not hmac.compare_digest(',
+      f"{CH_API}::test_the_whatsapp_subscription_handshake_needs_the_verify_token"),
+    m("Twilio checks its signature", CH + "twilio.py",
+      "if hmac.compare_digest(given.encode(), signature(token, candidate, params).encode()):",
+      "if True:",
+      f"{CH_E2E}::test_a_forged_signature_is_refused_and_writes_nothing[twilio]"),
+    m("Slack ignores the bot's own messages", CH + "slack.py",
+      'or event.get("bot_id") or', "or",
+      f"{CH_API}::test_status_callbacks_and_media_from_twilio_and_whatsapp_make_no_turn"),
+    m("a platform's message id is its idempotency key", "api/routes/channels.py",
+      'idempotency_key=f"{endpoint.channel}:{message.id}",', "idempotency_key=None,",
+      f"{CH_API}::test_a_redelivered_telegram_update_is_one_turn_that_knows_its_chat"),
+    m("a form body only at a channel webhook", "api/guards.py",
+      '    if not CHANNEL_WEBHOOK.fullmatch(scope["path"]):\n        return False\n', "",
+      f"{CH_API}::test_a_form_body_is_taken_only_at_a_channel_webhook"),
+    m("an unreadable message is answered once", LUA + "reply_once.lua",
+      'if not redis.call("SET", KEYS[1], "1", "NX", "PX", A.ttl_ms) then', "if false then",
+      f"{CH_API}::test_what_cannot_become_a_turn_is_acknowledged_and_answered_once_if_asked"),
+    m("one reply per model call", CH + "lane.py",
+      "if route is None or turn.answered_by is not None:", "if route is None:",
+      f"{CH_E2E}::test_a_burst_of_messages_gets_one_reply[telegram]"),
+    m("no reply for a cancelled turn", CH + "lane.py",
+      'elif turn.status == "failed" and endpoint.failure_reply:', "elif endpoint.failure_reply:",
+      f"{CH_E2E}::test_a_cancelled_message_gets_no_reply"),
+    m("a refused reply is a dead letter at once", "worker/replies.py",
+      "if result is not None and result.permanent:", "if False:",
+      f"{CH_E2E}::test_a_reply_the_platform_refuses_is_a_dead_letter_that_can_be_replayed"),
+    m("a chat's replies are paced", "worker/replies.py",
+      "now_ms() + int(interval_s * 1000)", "now_ms()",
+      f"{CH_E2E}::test_a_reply_longer_than_the_platform_takes_arrives_in_parts_in_order"),
 ]  # fmt: skip
 
 
@@ -461,8 +514,22 @@ def outcomes(
         pool.shutdown(cancel_futures=True)
 
 
+SAMPLE_EVERY = 3
+
+
+def sampled(mutants: list[Mutant]) -> list[object]:
+    """Every mutant; all but every ``SAMPLE_EVERY``-th are marked ``slow`` (the default run
+    tries a fixed third of them, ``-m slow`` the rest)."""
+    return [
+        pytest.param(
+            mutant, id=mutant.name, marks=() if i % SAMPLE_EVERY == 0 else pytest.mark.slow
+        )
+        for i, mutant in enumerate(mutants)
+    ]
+
+
 @pytest.mark.timeout(900)  # results come two at a time, in order; a hung mutant ends at 300 s
-@pytest.mark.parametrize("mutant", MUTANTS, ids=[mutant.name for mutant in MUTANTS])
+@pytest.mark.parametrize("mutant", sampled(MUTANTS))
 def test_breaking_the_guard_fails_its_tests(
     mutant: Mutant, outcomes: dict[str, Future[tuple[int, str]]]
 ) -> None:
