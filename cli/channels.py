@@ -244,7 +244,7 @@ def list_channels(tenant: str | None) -> None:
 @click.argument("endpoint_id")
 @tenant_option
 def delete(endpoint_id: str, tenant: str) -> None:
-    """Disconnect the bot ENDPOINT_ID of TENANT: its webhook answers 404 from then on."""
+    """Disconnect the bot ENDPOINT_ID of TENANT: its webhook answers 404 (within 2 s)."""
     if not _with_redis(lambda client, keys: Directory(client, keys).remove(tenant, endpoint_id)):
         raise click.ClickException(f"no channel endpoint {endpoint_id} of tenant {tenant}")
     click.echo(f"chatlane: channel endpoint {endpoint_id} of tenant {tenant} is deleted")

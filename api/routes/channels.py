@@ -15,7 +15,8 @@ from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from api.deps import State, Tenant
 from api.openapi import (
@@ -45,6 +46,7 @@ from shared.channels.platform import ChannelName, Incoming, Malformed, Message, 
 from shared.errors import IdempotencyConflict, SessionActive
 from shared.intake import submit
 from shared.settings import Strategy
+from shared.store.paging import CURSOR_PATTERN
 from shared.store.records import ChannelRoute, now_ms
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,15 @@ router = APIRouter(prefix="/v1/channels", tags=["channels"])
 EndpointId = Annotated[str, Path(pattern=ENDPOINT_ID_PATTERN)]
 Credential = Annotated[str, Field(min_length=1, max_length=512)]
 Text = Annotated[str, Field(min_length=1, max_length=1000)]
+
+
+CLEARABLE = {
+    "unsupported_reply": None,
+    "failure_reply": None,
+    "api_base": None,
+    "public_url": None,
+    "per_second": None,
+}
 
 
 class ChannelSettings(BaseModel):
@@ -140,6 +151,12 @@ class TwilioIn(ChannelSettings):
     credentials: TwilioCredentials
 
 
+CREDENTIALS: dict[ChannelName, type[_Credentials]] = {
+    "telegram": TelegramCredentials,
+    "slack": SlackCredentials,
+    "whatsapp": WhatsAppCredentials,
+    "twilio": TwilioCredentials,
+}
 ChannelIn = Annotated[TelegramIn | SlackIn | WhatsAppIn | TwilioIn, Field(discriminator="channel")]
 
 
@@ -149,7 +166,7 @@ class ChannelPatch(ChannelSettings):
     )
     clear: list[str] = Field(
         default_factory=list,
-        max_length=3,
+        max_length=len(CLEARABLE),
         description="Optional settings to reset to their defaults: `unsupported_reply`, "
         "`failure_reply` (to send nothing), `api_base`, `public_url`, `per_second`.",
     )
@@ -198,6 +215,9 @@ class ChannelsPage(BaseModel):
 
 class DeadRepliesPage(BaseModel):
     object: str = "list"
+    next_before: str | None = Field(
+        default=None, description="Pass as `before` for the next page (when `has_more`)."
+    )
     data: list[Reply]
     has_more: bool
 
@@ -211,12 +231,18 @@ async def dead_letters(
     tenant: Tenant,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     before: Annotated[
-        int | None, Query(ge=0, le=2**53, description="Older than this (ms).")
+        str | None,
+        Query(
+            pattern=CURSOR_PATTERN,
+            description="The previous page's `next_before` (or a time in ms: older than that).",
+        ),
     ] = None,
 ) -> DeadRepliesPage:
     """Replies that could not be sent, newest first, with the last error."""
     found, more = await state.outbox.lane.dead_letters(tenant, limit=limit, before=before)
-    return DeadRepliesPage(data=found, has_more=more)
+    return DeadRepliesPage(
+        data=found, has_more=more, next_before=found[-1].cursor if more and found else None
+    )
 
 
 @router.post(
@@ -308,27 +334,25 @@ async def update_channel(
         return refused
     endpoint = _apply(endpoint, body, body.clear)
     if body.credentials:
-        endpoint.credentials = endpoint.credentials | body.credentials
+        merged = endpoint.credentials | body.credentials
+        try:
+            CREDENTIALS[endpoint.channel].model_validate(merged)
+        except ValidationError as exc:
+            raise RequestValidationError(
+                [{**e, "loc": ("body", "credentials", *e["loc"])} for e in exc.errors()]
+            ) from exc
+        endpoint.credentials = merged
     await state.outbox.directory.save(endpoint)
     return ChannelOut.of(endpoint, str(request.base_url))
 
 
 @router.delete("/{endpoint_id}", status_code=204, responses=problems(CHANNEL_NOT_FOUND))
 async def delete_channel(endpoint_id: EndpointId, state: State, tenant: Tenant) -> Response:
-    """Disconnect a bot: its webhook answers 404 from now on, and replies still queued for
-    its chats become dead letters."""
+    """Disconnect a bot: its webhook answers 404 (within 2 s on every API process), and
+    replies still queued for its chats become dead letters."""
     if not await state.outbox.directory.remove(tenant, endpoint_id):
         return _no_endpoint(endpoint_id)
     return Response(status_code=204)
-
-
-CLEARABLE = {
-    "unsupported_reply": None,
-    "failure_reply": None,
-    "api_base": None,
-    "public_url": None,
-    "per_second": None,
-}
 
 
 def _apply(endpoint: ChannelEndpoint, body: ChannelSettings, clear: list[str]) -> ChannelEndpoint:

@@ -17,6 +17,7 @@ from api.state import AppState
 from shared.addresses import TargetRefused, parse, resolve
 from shared.signing import is_secret, new_secret
 from shared.store.outbox import EVENTS, Delivery, Endpoint, EventName, Secret, rotated
+from shared.store.paging import CURSOR_PATTERN
 from shared.store.records import now_ms
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
@@ -66,6 +67,9 @@ class SecretsOut(BaseModel):
 
 class DeadLettersPage(BaseModel):
     object: str = "list"
+    next_before: str | None = Field(
+        default=None, description="Pass as `before` for the next page (when `has_more`)."
+    )
     data: list[Delivery]
     has_more: bool
 
@@ -184,12 +188,18 @@ async def dead_letters(
     tenant: Tenant,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     before: Annotated[
-        int | None, Query(ge=0, le=2**53, description="Older than this (ms).")
+        str | None,
+        Query(
+            pattern=CURSOR_PATTERN,
+            description="The previous page's `next_before` (or a time in ms: older than that).",
+        ),
     ] = None,
 ) -> DeadLettersPage:
     """Deliveries that gave up, newest first."""
     found, more = await state.outbox.dead_letters(tenant, limit=limit, before=before)
-    return DeadLettersPage(data=found, has_more=more)
+    return DeadLettersPage(
+        data=found, has_more=more, next_before=found[-1].cursor if more and found else None
+    )
 
 
 @router.post(

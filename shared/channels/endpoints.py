@@ -66,10 +66,10 @@ class ChannelEndpoint(BaseModel):
 
     def masked(self) -> dict[str, str]:
         """The credentials as the API shows them: secret ones by their last four
-        characters only."""
+        characters only (a short one not at all)."""
         public = self.platform.public
         return {
-            name: value if name in public else "…" + value[-4:]
+            name: value if name in public else "…" + (value[-4:] if len(value) >= 16 else "")
             for name, value in self.credentials.items()
         }
 
@@ -95,11 +95,12 @@ def new_token() -> str:
 
 def _part(value: str) -> str:
     """A chat id as session-id characters, reversibly: A-Za-z0-9.- are kept, every
-    other byte is ``_`` and two hex digits; a long one becomes its SHA-256 prefix."""
+    other byte is ``_`` and two hex digits; a long one becomes ``_h`` and a SHA-256
+    prefix (which no escaped id can spell)."""
     plain = "".join(c if _PLAIN.fullmatch(c) else _escape(c) for c in value)
     if len(plain) <= SESSION_PART_MAX:
         return plain
-    return "h" + hashlib.sha256(value.encode()).hexdigest()[:24]
+    return "_h" + hashlib.sha256(value.encode()).hexdigest()[:24]  # no escape reads "_h"
 
 
 def _escape(char: str) -> str:

@@ -20,6 +20,7 @@ from shared.channels.endpoints import ChannelEndpoint
 from shared.channels.platform import Route
 from shared.channels.split import split
 from shared.keys import SessionKeys, parse_member
+from shared.store.paging import cursor, newest_first
 from shared.store.records import Turn, now_ms
 from shared.store.store import SessionStore
 
@@ -46,6 +47,11 @@ class Reply(BaseModel):
     @property
     def route(self) -> Route:
         return Route(self.chat, self.thread, self.via)
+
+    @property
+    def cursor(self) -> str | None:
+        """A dead reply's place in its tenant's list (the next page's ``before``)."""
+        return None if self.dead_at is None else cursor(self.dead_at, self.id)
 
 
 def replies_for(endpoint: ChannelEndpoint, turn: Turn, msg_id: str) -> list[Reply]:
@@ -197,32 +203,31 @@ class Lane:
     # -- dead letters ---------------------------------------------------------------------
 
     async def dead_letters(
-        self, tenant: str, *, limit: int, before: int | None = None
+        self, tenant: str, *, limit: int, before: str | None = None
     ) -> tuple[list[Reply], bool]:
-        """A tenant's dead replies, newest first, ``limit`` at a time (``before``: ms)."""
-        high = f"({before}" if before is not None else "+inf"
-        ids = await self._client.zrange(
-            self._keys.reply_dead_index(tenant), high, "-inf", byscore=True, desc=True,
-            offset=0, num=limit + 1,
-        )  # fmt: skip
+        """A tenant's dead replies, newest first, ``limit`` at a time after the cursor
+        ``before`` (``Reply.cursor`` of the last one seen)."""
+        ids, more = await newest_first(
+            self._client, self._keys.reply_dead_index(tenant), limit=limit, before=before
+        )
         hash_key = self._keys.reply_dead_letters(tenant)
-        raws: list[Any] = await self._client.hmget(hash_key, ids[:limit]) if ids else []
-        return [Reply.model_validate_json(r) for r in raws if r], len(ids) > limit
+        raws: list[Any] = await self._client.hmget(hash_key, ids) if ids else []
+        return [Reply.model_validate_json(r) for r in raws if r], more
 
     async def replay(self, tenant: str, reply_id: str) -> Reply | None:
         """A dead reply queued again, from its first attempt, at the end of its chat's
-        lane (after whatever the chat was sent since)."""
+        lane (after whatever the chat was sent since). Taking it off the dead letters is
+        the step that decides: of two replays at once, one queues it."""
         hash_key = self._keys.reply_dead_letters(tenant)
         raw = await self._client.hget(hash_key, reply_id)
-        if raw is None:
-            return None
+        if raw is None or not await self._client.hdel(hash_key, reply_id):
+            return None  # none, or another replay took it first
         reply = Reply.model_validate_json(raw)
         reply.attempts, reply.dead_at, reply.last_error = 0, None, None
         keys = self.store.keys(reply.tenant, reply.session)
         pipe = self._client.pipeline(transaction=False)
         pipe.rpush(keys.replies, reply.model_dump_json())
         pipe.pexpire(keys.replies, self.store.settings.session_ttl_ms)
-        pipe.hdel(hash_key, reply_id)
         pipe.zrem(self._keys.reply_dead_index(tenant), reply_id)
         await pipe.execute()
         await self.queued(keys)

@@ -8,6 +8,7 @@ channel endpoint; no I/O happens here.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -150,13 +151,23 @@ def json_or_empty(body: bytes) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
-def header_seconds(headers: Mapping[str, str]) -> float | None:
-    """``Retry-After`` in seconds, when it is a number."""
-    raw = headers.get("retry-after")
+MAX_WAIT_S = 3600.0  # the longest pause a platform's answer can impose
+
+
+def seconds(value: object) -> float | None:
+    """A platform's wait as seconds in [0, MAX_WAIT_S]; None unless a finite number."""
+    if not isinstance(value, int | float | str) or isinstance(value, bool):
+        return None
     try:
-        return max(float(raw), 0.0) if raw is not None else None
+        found = float(value)
     except ValueError:
         return None
+    return min(max(found, 0.0), MAX_WAIT_S) if math.isfinite(found) else None
+
+
+def header_seconds(headers: Mapping[str, str]) -> float | None:
+    """``Retry-After`` in seconds, when it is a number."""
+    return seconds(headers.get("retry-after"))
 
 
 def by_status(status: int, headers: Mapping[str, str], error: str) -> Result:

@@ -55,7 +55,7 @@ class Slack(NoHandshake):
     def verify(self, endpoint: Credentials, request: Incoming, now_s: float) -> None:
         stamp = request.headers.get("x-slack-request-timestamp", "")
         given = request.headers.get("x-slack-signature", "")
-        if not stamp.isdigit() or not given:
+        if not (stamp.isascii() and stamp.isdigit() and len(stamp) <= 12) or not given:
             raise Refused("X-Slack-Request-Timestamp and X-Slack-Signature are required")
         if abs(now_s - int(stamp)) > MAX_SKEW_S:
             raise Refused("the request's timestamp is more than five minutes away")

@@ -12,17 +12,15 @@ def units(text: str) -> int:
 
 
 def split(text: str, limit: int) -> list[str]:
-    """``text`` in parts of at most ``limit`` UTF-16 code units, cut at the last
-    paragraph, line, sentence or word break that fits (a word longer than a part is cut
-    where it must be, never inside a character). Whitespace around cuts is dropped;
-    joined with single spaces or line breaks, the parts read as the whole."""
+    """``text`` in parts of at most ``limit`` UTF-16 code units, each cut at the best
+    break in the second half of what fits: a paragraph, else a line, a sentence, a word
+    (a word longer than a part is cut where it must be, never inside a character).
+    Whitespace around cuts is dropped; joined with single spaces or line breaks, the
+    parts read as the whole."""
     parts: list[str] = []
     rest = text.strip()
     while units(rest) > limit:
-        head = _fitting(rest, limit)
-        cut = max((head.rfind(b) + len(b) for b in BREAKS if head.rfind(b) > 0), default=0)
-        if cut < len(head) // 2:  # a break that early wastes most of a message
-            cut = len(head)
+        cut = _cut(_fitting(rest, limit))
         piece = rest[:cut].strip()
         if piece:
             parts.append(piece)
@@ -30,6 +28,17 @@ def split(text: str, limit: int) -> list[str]:
     if rest:
         parts.append(rest)
     return parts
+
+
+def _cut(head: str) -> int:
+    """Where to end a part that can hold ``head``: after the best kind of break in its
+    second half (a break earlier than that wastes most of a message), else at its end;
+    never before its first character."""
+    for brk in BREAKS:
+        at = head.rfind(brk)
+        if at >= len(head) // 2 and at > 0:
+            return at + len(brk)
+    return max(len(head), 1)
 
 
 def _fitting(text: str, limit: int) -> str:

@@ -24,6 +24,7 @@ from shared.channels.platform import (
     by_status,
     json_object,
     json_or_empty,
+    seconds,
 )
 
 SECRET_HEADER = "x-telegram-bot-api-secret-token"
@@ -84,7 +85,7 @@ class Telegram(NoHandshake):
         error = str(doc.get("description") or "")[:300]
         if status == 429:
             parameters = doc.get("parameters")
-            wait = parameters.get("retry_after") if isinstance(parameters, dict) else None
-            if isinstance(wait, int | float):
-                return Result(False, float(wait), error=error)
+            wait = seconds(parameters.get("retry_after")) if isinstance(parameters, dict) else None
+            if wait is not None:
+                return Result(False, wait, error=error)
         return by_status(status, headers, error)

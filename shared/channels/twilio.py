@@ -50,7 +50,7 @@ class Twilio(NoHandshake):
 
     def verify(self, endpoint: Credentials, request: Incoming, now_s: float) -> None:
         given = request.headers.get("x-twilio-signature", "")
-        url = endpoint.public_url or request.url
+        url = _signed_url(endpoint.public_url, request.url)
         query = dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
         if "bodySHA256" in query:
             digest = hashlib.sha256(request.body).hexdigest()
@@ -73,7 +73,8 @@ class Twilio(NoHandshake):
             return Parsed(answer=answer)  # a status callback
         if params.get("AccountSid") != endpoint.credentials["account_sid"]:
             raise Refused("the message is for another Twilio account", 403)
-        body = params.get("Body", "")
+        media = params.get("NumMedia", "0") not in ("", "0")  # a picture the bot cannot see
+        body = "" if media else params.get("Body", "")
         message = Message(chat=params["From"], id=sid, text=body or None, via=params.get("To"))
         return Parsed((message,), answer)
 
@@ -101,10 +102,23 @@ def form(body: bytes) -> list[tuple[str, str]]:
 
 
 def signature(token: str, url: str, params: list[tuple[str, str]]) -> str:
-    """Twilio's request signature: the URL, then each parameter's name and value, sorted."""
-    data = url + "".join(name + value for name, value in sorted(params))
+    """Twilio's request signature: the URL, then each distinct parameter's name and
+    value, sorted (as Twilio's own validator computes it)."""
+    data = url + "".join(name + value for name, value in sorted(set(params)))
     mac = hmac.new(token.encode(), data.encode(), hashlib.sha1)
     return base64.b64encode(mac.digest()).decode()
+
+
+def _signed_url(public_url: str | None, called: str) -> str:
+    """The URL Twilio signed: the endpoint's ``public_url`` (the one configured at Twilio,
+    when a proxy changes the one chatlane sees), with the query Twilio added to it
+    (``bodySHA256``) if it names none of its own."""
+    if public_url is None:
+        return called
+    query = urlsplit(called).query
+    if query and not urlsplit(public_url).query:
+        return f"{public_url}?{query}"
+    return public_url
 
 
 def _spellings(url: str) -> list[str]:

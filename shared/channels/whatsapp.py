@@ -77,7 +77,8 @@ class WhatsApp:
                 kind = message.get("type")
                 if kind in SILENT_TYPES:
                     continue
-                text = message.get("text", {}).get("body") if kind == "text" else None
+                body = message.get("text") if kind == "text" else None
+                text = body.get("body") if isinstance(body, dict) else None
                 found.append(
                     Message(
                         chat=str(message["from"]),

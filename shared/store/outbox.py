@@ -23,6 +23,7 @@ from shared.channels.lane import Lane, Reply, replies_for
 from shared.keys import SessionKeys, parse_member
 from shared.recent import Recent
 from shared.signing import new_secret
+from shared.store.paging import cursor, newest_first
 from shared.store.records import Turn, now_ms
 from shared.store.store import SessionStore
 
@@ -87,6 +88,11 @@ class Delivery(BaseModel):
     created_at: int
     last_error: str | None = None
     dead_at: int | None = None
+
+    @property
+    def cursor(self) -> str | None:
+        """A dead letter's place in its tenant's list (the next page's ``before``)."""
+        return None if self.dead_at is None else cursor(self.dead_at, self.id)
 
 
 class Outbox:
@@ -280,16 +286,15 @@ class Outbox:
         await pipe.execute()
 
     async def dead_letters(
-        self, tenant: str, *, limit: int, before: int | None = None
+        self, tenant: str, *, limit: int, before: str | None = None
     ) -> tuple[list[Delivery], bool]:
-        """A tenant's dead letters, newest first, ``limit`` at a time (``before``: ms)."""
-        high = f"({before}" if before is not None else "+inf"
-        ids = await self._client.zrange(
-            self._keys.dead_index(tenant), high, "-inf", byscore=True, desc=True,
-            offset=0, num=limit + 1,
-        )  # fmt: skip
-        raws = await self._client.hmget(self._keys.dead_letters(tenant), ids[:limit]) if ids else []
-        return [Delivery.model_validate_json(r) for r in raws if r], len(ids) > limit
+        """A tenant's dead letters, newest first, ``limit`` at a time after the cursor
+        ``before`` (``Delivery.cursor`` of the last one seen, or a time in ms)."""
+        ids, more = await newest_first(
+            self._client, self._keys.dead_index(tenant), limit=limit, before=before
+        )
+        raws = await self._client.hmget(self._keys.dead_letters(tenant), ids) if ids else []
+        return [Delivery.model_validate_json(r) for r in raws if r], more
 
     async def replay(self, tenant: str, delivery_id: str) -> Delivery | None:
         """A dead letter sent again from its first attempt (same ``webhook-id``)."""

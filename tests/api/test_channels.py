@@ -95,16 +95,27 @@ def test_an_endpoint_is_changed_in_place_and_removed(
     made = make(api, "telegram", unsupported_reply="I read text only.")
     changed = api.patch(
         f"/v1/channels/{made['id']}",
-        json={"debounce_s": 0.25, "credentials": {"bot_token": "999:rotated"}, "clear": [
+        json={"debounce_s": 0.25, "credentials": {"bot_token": "999:a-rotated-token"}, "clear": [
             "unsupported_reply"]},
     )  # fmt: skip
     assert changed.status_code == 200, changed.text
     body = changed.json()
     assert body["debounce_s"] == 0.25 and body["unsupported_reply"] is None
-    assert body["credentials"]["bot_token"] == "…ated"
+    assert body["credentials"]["bot_token"] == "…oken"
     assert body["webhook_url"] == made["webhook_url"]
     unknown = api.patch(f"/v1/channels/{made['id']}", json={"credentials": {"nope": "x"}})
     assert unknown.status_code == 422, unknown.text
+    spaced = {"credentials": {"secret_token": "not a token Telegram takes"}}
+    refused = api.patch(f"/v1/channels/{made['id']}", json=spaced)
+    assert refused.status_code == 422, refused.text
+    assert "secret_token" in refused.text
+    everything = api.patch(
+        f"/v1/channels/{made['id']}",
+        json={"clear": ["unsupported_reply", "failure_reply", "api_base", "public_url",
+                        "per_second"]},
+    )  # fmt: skip
+    assert everything.status_code == 200, everything.text
+    assert everything.json()["failure_reply"] is None
     assert api.delete(f"/v1/channels/{made['id']}").status_code == 204
     assert api.get(f"/v1/channels/{made['id']}").status_code == 404
     update = telegram_request(telegram_text_message(chat_id=5, text="anyone?"))

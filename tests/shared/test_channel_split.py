@@ -74,13 +74,6 @@ def test_a_surrogate_pair_is_never_cut() -> None:
 
 
 @pytest.mark.timeout(0.5)
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,  # pytest-timeout's failure
-    reason="split.py split: when the longest prefix that fits is one code point with no "
-    "break (limit 1, or limit 2-3 before an emoji), cut stays 0 (0 < 1 // 2 is false), "
-    "nothing is consumed and the loop never ends",
-)
 @pytest.mark.parametrize(("text", "limit"), [("ab", 1), (EMOJI * 2, 3)])
 def test_a_limit_that_fits_one_character_at_a_time_still_ends(text: str, limit: int) -> None:
     parts = split(text, limit)
@@ -119,13 +112,6 @@ def test_a_paragraph_that_ends_just_in_time_is_its_own_part() -> None:
     assert all(units(p) <= 60 for p in parts)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="split.py split: the cut is max() over every kind of break, i.e. simply the "
-    "last break of any kind, so a later space always wins over an earlier paragraph, line "
-    "or sentence break in the same part; BREAKS' 'best first' order has no effect",
-)
 @pytest.mark.parametrize("separator", ["\n\n", "\n", ". "], ids=["paragraph", "line", "sentence"])
 def test_prefers_a_paragraph_line_or_sentence_break_to_a_later_word_break(separator: str) -> None:
     first = "alpha beta gamma delta epsilon zeta eta theta iota kappa"  # 56 characters
@@ -134,12 +120,6 @@ def test_prefers_a_paragraph_line_or_sentence_break_to_a_later_word_break(separa
     assert parts[0] == (first + separator).strip()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="split.py split: the last break of any kind wins, so a word break after a "
-    "paragraph break (here a space after a line break) is used instead of the paragraph break",
-)
 def test_prefers_a_paragraph_break_to_a_later_line_break() -> None:
     first = "A heading line\nand its first paragraph, long enough to matter"  # 61 characters
     parts = split(first + "\n\nsecond paragraph\nwith lines\nthat go on and on and on", 90)
