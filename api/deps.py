@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from api.auth import authenticate
 from api.state import AppState, state_of
 from shared.keys import SESSION_ID_MAX, SESSION_ID_PATTERN, TURN_ID_PATTERN, SessionKeys
+from shared.store.paging import CURSOR_PATTERN
 
 
 async def get_state(request: Request) -> AppState:
@@ -71,3 +72,13 @@ async def session_keys(state: State, tenant: Tenant, session_id: SessionId) -> S
 
 
 Keys = Annotated[SessionKeys, Depends(session_keys)]
+
+
+PageLimit = Annotated[int, Query(ge=1, le=100)]
+Before = Annotated[
+    str | None,
+    Query(
+        pattern=CURSOR_PATTERN,
+        description="The previous page's `next_before` (or a time in ms: older than that).",
+    ),
+]

@@ -17,7 +17,6 @@ is sent again (at least once).
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
 from typing import Any
 
@@ -26,15 +25,13 @@ from limits import RateLimitItemPerSecond
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 from shared.addresses import Target, TargetRefused, resolve
-from shared.aio import event_set_within, stop_if_cancelled
 from shared.channels.endpoints import Directory
 from shared.channels.lane import Lane, Reply
 from shared.channels.platform import Call, Result
 from shared.keys import SessionKeys
 from shared.settings import Settings
 from shared.store.records import now_ms
-
-log = logging.getLogger(__name__)
+from worker.outgoing import client_session, keep_passing
 
 MAX_RESPONSE_BYTES = 64 * 1024
 BATCH = 100
@@ -60,25 +57,16 @@ class ReplySender:
 
     async def run(self) -> None:
         """Send until cancelled."""
-        timeout = self._settings.channel_timeout_s
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=IN_FLIGHT),
-            timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 5.0)),
-            headers={"user-agent": "chatlane-channels"},
+        self._session = client_session(
+            self._settings.channel_timeout_s, IN_FLIGHT, "chatlane-channels"
         )
         try:
-            while True:
-                stop_if_cancelled()
-                await event_set_within(self._wake, POLL_S)
-                self._wake.clear()
-                try:
-                    while await self.once() == BATCH:
-                        pass
-                except Exception:
-                    log.warning("sending replies failed; retrying", exc_info=True)
-                    await asyncio.sleep(1)
+            await keep_passing(self._pass, self._wake, POLL_S, "sending replies")
         finally:
             await self._session.close()
+
+    async def _pass(self) -> bool:
+        return await self.once() == BATCH
 
     async def once(self) -> int:
         """Send the head of every due lane (one claim's worth); returns how many lanes."""

@@ -12,21 +12,18 @@ letter, which can be listed and replayed over the API. A ``410`` disables the en
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
 from collections.abc import Callable
 
 import aiohttp
 
 from shared.addresses import Target, TargetRefused, resolve
-from shared.aio import event_set_within, stop_if_cancelled
 from shared.settings import Settings
 from shared.signing import signed_headers
 from shared.store.outbox import Delivery, Outbox, live_values
 from shared.store.records import now_ms
+from worker.outgoing import client_session, keep_passing
 from worker.retry_after import retry_after_s
-
-log = logging.getLogger(__name__)
 
 MAX_RESPONSE_BYTES = 64 * 1024
 SESSION_LEASE_MS = 30_000
@@ -54,24 +51,17 @@ class WebhookSender:
 
     async def run(self) -> None:
         """Send until cancelled."""
-        timeout = self._settings.webhook_timeout_s
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=IN_FLIGHT, force_close=True),
-            timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 5.0)),
-            headers={"user-agent": "chatlane-webhooks"},
+        self._session = client_session(
+            self._settings.webhook_timeout_s, IN_FLIGHT, "chatlane-webhooks", reuse=False
         )
         try:
-            while True:
-                stop_if_cancelled()
-                await event_set_within(self._wake, POLL_S)
-                self._wake.clear()
-                try:
-                    await self.once()
-                except Exception:
-                    log.warning("webhook sending failed; retrying", exc_info=True)
-                    await asyncio.sleep(1)
+            await keep_passing(self._pass, self._wake, POLL_S, "webhook sending")
         finally:
             await self._session.close()
+
+    async def _pass(self) -> bool:
+        await self.once()
+        return False
 
     async def once(self) -> int:
         """Expand due outboxes, then send due deliveries; returns how many were tried."""

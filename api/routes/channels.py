@@ -14,11 +14,11 @@ import time
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from api.deps import State, Tenant
+from api.deps import Before, PageLimit, State, Tenant
 from api.openapi import (
     CHANNEL_FORBIDDEN,
     CHANNEL_NO_HANDSHAKE,
@@ -46,7 +46,6 @@ from shared.channels.platform import ChannelName, Incoming, Malformed, Message, 
 from shared.errors import IdempotencyConflict, SessionActive
 from shared.intake import submit
 from shared.settings import Strategy
-from shared.store.paging import CURSOR_PATTERN
 from shared.store.records import ChannelRoute, now_ms
 
 log = logging.getLogger(__name__)
@@ -229,14 +228,8 @@ class DeadRepliesPage(BaseModel):
 async def dead_letters(
     state: State,
     tenant: Tenant,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    before: Annotated[
-        str | None,
-        Query(
-            pattern=CURSOR_PATTERN,
-            description="The previous page's `next_before` (or a time in ms: older than that).",
-        ),
-    ] = None,
+    limit: PageLimit = 20,
+    before: Before = None,
 ) -> DeadRepliesPage:
     """Replies that could not be sent, newest first, with the last error."""
     found, more = await state.outbox.lane.dead_letters(tenant, limit=limit, before=before)

@@ -7,17 +7,16 @@ import secrets
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Path, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import State, Tenant
+from api.deps import Before, PageLimit, State, Tenant
 from api.openapi import NOT_FOUND, WEBHOOK_URL_REFUSED, problems
 from api.problems import problem
 from api.state import AppState
 from shared.addresses import TargetRefused, parse, resolve
 from shared.signing import is_secret, new_secret
 from shared.store.outbox import EVENTS, Delivery, Endpoint, EventName, Secret, rotated
-from shared.store.paging import CURSOR_PATTERN
 from shared.store.records import now_ms
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
@@ -186,14 +185,8 @@ async def enable_endpoint(
 async def dead_letters(
     state: State,
     tenant: Tenant,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    before: Annotated[
-        str | None,
-        Query(
-            pattern=CURSOR_PATTERN,
-            description="The previous page's `next_before` (or a time in ms: older than that).",
-        ),
-    ] = None,
+    limit: PageLimit = 20,
+    before: Before = None,
 ) -> DeadLettersPage:
     """Deliveries that gave up, newest first."""
     found, more = await state.outbox.dead_letters(tenant, limit=limit, before=before)

@@ -178,8 +178,9 @@ async def converse(
             for k in range(MESSAGES):
                 text = message_for(label, k)
                 sent[label].append(text)
+                request = inbound(channel, t, url, chat, text)
                 async with gate:
-                    answer = await http.post(url, **inbound(channel, t, url, chat, text).kwargs())
+                    answer = await deliver(http, url, request)
                 assert answer.status_code == 200, answer.text
 
         await asyncio.gather(
@@ -232,6 +233,18 @@ async def converse(
         problems += check(observation)
         assert not problems, problems[:10]
         assert len(model.state.prompts) == expected
+
+
+async def deliver(http: httpx.AsyncClient, url: str, request: SignedRequest) -> httpx.Response:
+    """Post as a platform does: a request that got no answer (a kept-alive connection the
+    server had just closed) is sent again, the same bytes; the platform's id makes it
+    one turn however often it arrives."""
+    for _ in range(2):
+        try:
+            return await http.post(url, **request.kwargs())
+        except httpx.TransportError:
+            await asyncio.sleep(0.5)
+    return await http.post(url, **request.kwargs())
 
 
 def _plain(chat: str) -> str:
