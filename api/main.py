@@ -13,7 +13,17 @@ from fastapi import FastAPI
 from api import cors, openapi, problems
 from api.guards import RequestGuards
 from api.metrics import ApiMetrics, MetricsMiddleware
-from api.routes import channels, defaults, events, health, page, sessions, turns, webhooks
+from api.routes import (
+    channel_webhooks,
+    channels,
+    defaults,
+    events,
+    health,
+    page,
+    sessions,
+    turns,
+    webhooks,
+)
 from api.state import AppState
 from shared import heap
 from shared.apikeys import KeyRing
@@ -132,6 +142,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(events.router)
     app.include_router(webhooks.router)
     app.include_router(channels.router)
+    app.include_router(channel_webhooks.router)
     app.include_router(defaults.router)
     app.include_router(health.router)
     app.include_router(page.router)

@@ -427,7 +427,7 @@ MUTANTS = [
     m("Slack ignores the bot's own messages", CH + "slack.py",
       'or event.get("bot_id") or', "or",
       f"{CH_API}::test_status_callbacks_and_media_from_twilio_and_whatsapp_make_no_turn"),
-    m("a platform's message id is its idempotency key", "api/routes/channels.py",
+    m("a platform's message id is its idempotency key", "api/routes/channel_webhooks.py",
       'idempotency_key=f"{endpoint.channel}:{message.id}",', "idempotency_key=None,",
       f"{CH_API}::test_a_redelivered_telegram_update_is_one_turn_that_knows_its_chat"),
     m("a form body only at a channel webhook", "api/guards.py",
