@@ -67,7 +67,8 @@ class ApiMetrics:
             "Messages from messaging platforms, by channel and outcome: accepted (a turn), "
             "redelivered (the platform sent it again: no second turn), unanswerable (no text: "
             "media, a sticker), ignored (requests that carry no message: statuses, edits, "
-            "the bot's own), rejected (strategy reject, the chat busy), refused (a bad "
+            "the bot's own), stale (sent longer ago than message ids are remembered: maybe a "
+            "replay), rejected (strategy reject, the chat busy), refused (a bad "
             "signature or secret, a body that is not the platform's).",
             ["channel", "outcome"],
             registry=self.registry,

@@ -36,6 +36,9 @@ from shared.store.records import ChannelRoute, now_ms
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/channels", tags=["channels"])
+# A message is remembered (its id as an idempotency key) as long as its session lives; one
+# sent longer ago than most of that could be a replay chatlane can no longer tell apart.
+STALE_FRACTION = 0.9
 
 
 # -- the platforms' webhooks ----------------------------------------------------------------
@@ -108,7 +111,11 @@ def _refusal(refused: Refused) -> Response:
 async def _take(state: AppState, endpoint: ChannelEndpoint, message: Message) -> str:
     """Accept one platform message as a turn of its chat's session (once, however often
     the platform delivers it); a message the bot cannot read gets the endpoint's
-    ``unsupported_reply``, once, or nothing. Returns the outcome, for the metrics."""
+    ``unsupported_reply``, once, or nothing. A message older than chatlane remembers
+    messages is acknowledged and dropped. Returns the outcome, for the metrics."""
+    horizon_s = state.settings.session_ttl_s * STALE_FRACTION
+    if message.sent_at is not None and time.time() - message.sent_at > horizon_s:
+        return "stale"  # older than what chatlane remembers of it: maybe a replay
     session = endpoint.session_for(message.chat, message.thread, message.via)
     keys = state.store.keys(endpoint.tenant, session)
     if message.text is None:

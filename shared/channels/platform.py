@@ -52,6 +52,7 @@ class Message:
     text: str | None  # None: nothing a bot can answer (media, a sticker, a file)
     thread: str | None = None  # a Slack thread, a Telegram forum topic
     via: str | None = None  # the bot's own address it was sent to (Twilio: the number)
+    sent_at: float | None = None  # Unix seconds, as the platform says (Twilio says not)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +130,15 @@ class Platform(Protocol):
     def call(self, endpoint: Credentials, route: Route, text: str) -> Call: ...
 
     def result(self, status: int, headers: Mapping[str, str], body: bytes) -> Result: ...
+
+
+def unix_seconds(value: object) -> float | None:
+    """A platform's timestamp (a number, or digits in a string) as Unix seconds."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 12:
+        return float(value)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value) if math.isfinite(value) else None
+    return None
 
 
 def json_object(body: bytes) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from shared.channels.platform import (
     header_seconds,
     json_object,
     json_or_empty,
+    unix_seconds,
 )
 
 MAX_SKEW_S = 300
@@ -89,7 +90,9 @@ class Slack(NoHandshake):
             return Parsed()  # channel chatter: the bot answers mentions only
         if subtype == "file_share":
             text = None
-        return Parsed((Message(chat=channel, id=event_id, text=text or None, thread=thread),))
+        sent_at = unix_seconds(doc.get("event_time"))
+        message = Message(channel, event_id, text or None, thread=thread, sent_at=sent_at)
+        return Parsed((message,))
 
     def call(self, endpoint: Credentials, route: Route, text: str) -> Call:
         base = (endpoint.api_base or self.api_base).rstrip("/")

@@ -25,6 +25,7 @@ from shared.channels.platform import (
     json_object,
     json_or_empty,
     seconds,
+    unix_seconds,
 )
 
 SECRET_HEADER = "x-telegram-bot-api-secret-token"
@@ -66,6 +67,7 @@ class Telegram(NoHandshake):
                     id=str(update_id),
                     text=text if isinstance(text, str) else None,
                     thread=str(topic) if topic is not None else None,
+                    sent_at=unix_seconds(message.get("date")),
                 ),
             )
         )

@@ -29,6 +29,7 @@ from shared.channels.platform import (
     by_status,
     json_object,
     json_or_empty,
+    unix_seconds,
 )
 
 # Graph API error codes that mean "later": throttling, the per-user pair rate, a
@@ -84,6 +85,7 @@ class WhatsApp:
                         chat=str(message["from"]),
                         id=str(message["id"]),
                         text=text if isinstance(text, str) and text else None,
+                        sent_at=unix_seconds(message.get("timestamp")),
                     )
                 )
         return Parsed(tuple(found))

@@ -4,6 +4,7 @@ here, so accepted turns stay queued)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlencode
@@ -330,3 +331,22 @@ def test_a_verified_body_that_is_not_the_platforms_is_a_400(
     )  # fmt: skip
     assert answer.status_code == 400, answer.text
     assert answer.json()["type"].endswith("malformed-payload")
+
+
+def test_a_message_sent_longer_ago_than_ids_are_remembered_is_dropped_as_stale(
+    channel_api: tuple[TestClient, Settings],
+) -> None:
+    """Its id may have been forgotten with its session: it could be a replay, so it is
+    acknowledged (no redelivery) and makes no turn; a recent one still does."""
+    api, settings = channel_api
+    made = make(api, "telegram", credentials={"bot_token": "1", "secret_token": "tok"})
+    old = telegram_text_message(chat_id=77, text="from long ago")
+    old["message"]["date"] = int(time.time()) - settings.session_ttl_s
+    answer = api.post(made["webhook_url"], **telegram_request(old, secret_token="tok").kwargs())
+    assert answer.status_code == 200, answer.text
+    assert api.get(f"/v1/sessions/telegram:{made['id']}:77").status_code == 404
+    assert 'outcome="stale"} 1.0' in api.get("/metrics").text
+    recent = telegram_text_message(chat_id=77, text="just now")
+    answer = api.post(made["webhook_url"], **telegram_request(recent, secret_token="tok").kwargs())
+    assert answer.status_code == 200
+    assert api.get(f"/v1/sessions/telegram:{made['id']}:77").status_code == 200

@@ -5,6 +5,7 @@ to a send is judged."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -575,10 +576,30 @@ def test_telegram_refuses_a_missing_or_wrong_secret_token(secret: str | None) ->
 # -- parse: Telegram --------------------------------------------------------------------------
 
 
+def undated(messages: tuple[Message, ...]) -> tuple[Message, ...]:
+    """The messages without their ``sent_at`` (checked on its own, below), after checking
+    each one has it: Telegram, Slack and WhatsApp all date their messages."""
+    assert all(m.sent_at is not None for m in messages), messages
+    return tuple(dataclasses.replace(m, sent_at=None) for m in messages)
+
+
+def test_each_platform_dates_its_messages_in_unix_seconds() -> None:
+    when = 1_700_000_000
+    update = telegram_text_message(chat_id=1, text="t")
+    update["message"]["date"] = when
+    telegram = TELEGRAM.parse(endpoint("telegram"), incoming(telegram_request(update)))
+    payload = whatsapp_text_message(from_="1555", text="w", timestamp=when)
+    whatsapp = WHATSAPP.parse(endpoint("whatsapp"), incoming(whatsapp_request(payload)))
+    event = slack_message(channel="D1", user="U1", text="s")
+    event["event_time"] = when
+    slack = SLACK.parse(endpoint("slack"), incoming(slack_request(event)))
+    assert [p.messages[0].sent_at for p in (telegram, whatsapp, slack)] == [when] * 3
+
+
 def telegram_parse(update: dict[str, Any]) -> tuple[Message, ...]:
     parsed = TELEGRAM.parse(endpoint("telegram"), incoming(telegram_request(update)))
     assert parsed.answer == Answer()
-    return parsed.messages
+    return undated(parsed.messages)
 
 
 def test_telegram_parses_a_text_message() -> None:
@@ -647,7 +668,7 @@ def test_telegram_refuses_a_body_that_is_not_a_json_object(body: bytes) -> None:
 def slack_parse(payload: dict[str, Any]) -> tuple[Message, ...]:
     parsed = SLACK.parse(endpoint("slack"), incoming(slack_request(payload)))
     assert parsed.answer == Answer()
-    return parsed.messages
+    return undated(parsed.messages)
 
 
 def test_slack_answers_url_verification_with_the_challenge() -> None:
@@ -738,7 +759,7 @@ def test_slack_refuses_a_body_that_is_not_a_json_object(body: bytes) -> None:
 def whatsapp_parse(payload: dict[str, Any]) -> tuple[Message, ...]:
     parsed = WHATSAPP.parse(endpoint("whatsapp"), incoming(whatsapp_request(payload)))
     assert parsed.answer == Answer()
-    return parsed.messages
+    return undated(parsed.messages)
 
 
 def test_whatsapp_parses_a_text_message() -> None:
