@@ -101,6 +101,12 @@ class SessionKeys:
         (``shared.channels.lane.Reply`` as JSON; the head is sent next)."""
         return f"{self.tag}:replies"
 
+    @property
+    def reply_pace(self) -> str:
+        """String present while this chat may not be sent its next reply (the platform's
+        pace per chat: it expires when the next one may go)."""
+        return f"{self.tag}:replies:pace"
+
     def seen(self, message: str) -> str:
         """String present once a platform message that became no turn was answered."""
         return f"{self.tag}:seen:{message}"

@@ -102,12 +102,13 @@ class ReplySender:
                 return
             status, headers, body, error = await self._post(call, target)
             result = endpoint.platform.result(status, headers, body) if status else None
-            await self._settle(keys, reply, endpoint.id, endpoint.platform.chat_interval_s,
-                               result, error)  # fmt: skip
+            await self._settle(keys, claimed, reply, endpoint.id,
+                               endpoint.platform.chat_interval_s, result, error)  # fmt: skip
 
     async def _settle(
         self,
         keys: SessionKeys,
+        claimed: str,
         reply: Reply,
         endpoint_id: str,
         interval_s: float,
@@ -116,7 +117,7 @@ class ReplySender:
     ) -> None:
         if result is not None and result.ok:
             self.sent += 1
-            await self._lane.sent(keys, reply, now_ms() + int(interval_s * 1000))
+            await self._lane.sent(keys, claimed, reply, int(interval_s * 1000))
             return
         reply.last_error = (result.error if result is not None else error) or "failed"
         if result is not None and result.permanent:

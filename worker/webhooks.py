@@ -66,15 +66,19 @@ class WebhookSender:
     async def once(self) -> int:
         """Expand due outboxes, then send due deliveries; returns how many were tried."""
         outbox = self._outbox
-        expanded = 0
-        for member, claimed in await outbox.claim_sessions(BATCH, SESSION_LEASE_MS):
-            expanded += await outbox.expand(member, claimed)
-        if expanded:
-            self._replies_due()  # some of those messages may have queued chat replies
+        claimed = await outbox.claim_sessions(BATCH, SESSION_LEASE_MS)
+        await asyncio.gather(*(self._expand(member, score) for member, score in claimed))
         lease_ms = int((self._settings.webhook_timeout_s * 2 + 30) * 1000)
         deliveries = await outbox.claim_deliveries(BATCH, lease_ms)
         await asyncio.gather(*(self._send(d) for d in deliveries))
         return len(deliveries)
+
+    async def _expand(self, member: str, claimed: str) -> None:
+        """One session's outbox into deliveries and chat replies (sessions are expanded
+        side by side: each is a few round trips, and a reply waits for its own only)."""
+        async with self._slots:
+            if await self._outbox.expand(member, claimed):
+                self._replies_due()  # those messages may have queued chat replies
 
     async def _secrets(self, delivery: Delivery) -> list[str] | None:
         """The secrets to sign with; None when the endpoint is gone (nothing to send)."""

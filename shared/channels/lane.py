@@ -123,10 +123,13 @@ class Lane:
         return bool(queued)
 
     async def queued(self, keys: SessionKeys) -> None:
-        """A reply joined the lane: the session is due now, unless it is already on the
-        schedule (claimed by a sender, which looks again once it settles its reply, or
-        due later: a chat's pace, a backoff): a sender's claim is never cut short."""
-        await self._client.zadd(self._keys.replies_due, {keys.member: now_ms()}, nx=True)
+        """A reply joined the lane: the session is due now (or when the chat's pace
+        allows), unless it is already on the schedule (claimed by a sender, which looks
+        again once it settles its reply, or due later: a backoff): a sender's claim is
+        never cut short."""
+        wait = await self._client.pttl(keys.reply_pace)
+        at = now_ms() + max(int(wait), 0)
+        await self._client.zadd(self._keys.replies_due, {keys.member: at}, nx=True)
 
     async def _due(self, keys: SessionKeys, at_ms: int) -> None:
         """Only for the sender holding the session's claim."""
@@ -159,12 +162,17 @@ class Lane:
         if await self._client.llen(keys.replies):
             await self.queued(keys)
 
-    async def sent(self, keys: SessionKeys, reply: Reply, next_ms: int) -> None:
-        """``reply`` reached the chat; the next one may go at ``next_ms``. The session
-        stays on the schedule until then even with nothing left (a sender then finds the
-        lane empty and releases it), so a reply queued meanwhile keeps the chat's pace."""
-        if await self._settle(keys, reply, drop=True) >= 0:
-            await self._due(keys, next_ms)
+    async def sent(self, keys: SessionKeys, claimed: str, reply: Reply, pace_ms: int) -> None:
+        """``reply`` reached the chat; its next reply may go ``pace_ms`` later. With more
+        queued, the session is due then; with none, it leaves the schedule and the pace
+        is kept beside the lane, for a reply queued meanwhile (``queued``)."""
+        left = await self._settle(keys, reply, drop=True)
+        if left > 0:
+            await self._due(keys, now_ms() + pace_ms)
+        elif left == 0:
+            if pace_ms > 0:
+                await self._client.set(keys.reply_pace, 1, px=pace_ms)
+            await self.release(keys, claimed)
 
     async def later(self, keys: SessionKeys, reply: Reply, at_ms: int) -> None:
         """Try ``reply`` again (as it now stands: attempts, last error) at ``at_ms``."""

@@ -183,6 +183,7 @@ class Outbox:
         messages = await self._client.lrange(keys.outbox, 0, -1)
         now = now_ms()
         handled: list[tuple[str, list[Reply]]] = []
+        endpoints = await self.endpoints(tenant, fresh=True) if messages else []
         for raw in messages:
             message = orjson.loads(raw)
             replies: list[Reply] = []
@@ -191,7 +192,7 @@ class Outbox:
             if raw_turn is None:
                 continue
             turn = Turn.from_json(raw_turn)
-            deliveries = await self._deliveries_for(tenant, session, message, turn, now)
+            deliveries = self._deliveries_for(tenant, session, message, turn, endpoints, now)
             if deliveries:
                 pipe = self._client.pipeline(transaction=False)
                 for delivery in deliveries:
@@ -210,10 +211,24 @@ class Outbox:
             await self.note(keys)
         return len(messages)
 
-    async def _deliveries_for(
-        self, tenant: str, session: str, message: dict[str, Any], turn: Turn, now: int
+    def _deliveries_for(
+        self,
+        tenant: str,
+        session: str,
+        message: dict[str, Any],
+        turn: Turn,
+        endpoints: list[Endpoint],
+        now: int,
     ) -> list[Delivery]:
         event: EventName = message["type"]
+        targets: list[tuple[str, str | None]] = []
+        if turn.webhook:
+            targets.append((turn.webhook, None))
+        for endpoint in endpoints:
+            if event in endpoint.events and not endpoint.disabled:
+                targets.append((endpoint.url, endpoint.id))
+        if not targets:
+            return []
         body = orjson.dumps(
             {
                 "type": event,
@@ -221,12 +236,6 @@ class Outbox:
                 "data": turn.model_dump(mode="json"),
             }
         ).decode()
-        targets: list[tuple[str, str | None]] = []
-        if turn.webhook:
-            targets.append((turn.webhook, None))
-        for endpoint in await self.endpoints(tenant, fresh=True):
-            if event in endpoint.events and not endpoint.disabled:
-                targets.append((endpoint.url, endpoint.id))
         msg_id = message["msg"]
         return [
             Delivery(

@@ -450,7 +450,8 @@ MUTANTS = [
       "if result is not None and result.permanent:", "if False:",
       f"{CH_E2E}::test_a_reply_the_platform_refuses_is_a_dead_letter_that_can_be_replayed"),
     m("a chat's replies are paced", "worker/replies.py",
-      "now_ms() + int(interval_s * 1000)", "now_ms()",
+      "await self._lane.sent(keys, claimed, reply, int(interval_s * 1000))",
+      "await self._lane.sent(keys, claimed, reply, 0)",
       f"{CH_E2E}::test_a_reply_longer_than_the_platform_takes_arrives_in_parts_in_order"),
 ]  # fmt: skip
 

@@ -197,12 +197,28 @@ async def test_release_drops_an_empty_lane_from_the_schedule(
     ((_, claimed),) = await lane.claim(1, 60_000)
     head = await lane.head(keys)
     assert head is not None
-    await lane.sent(keys, head, now_ms())
-    await lane.release(keys, claimed)  # the claim was moved by sent: kept
-    assert due_at(client, store, keys) is not None
+    await lane.sent(keys, claimed, head, 0)  # the last one: the session leaves at once
+    assert due_at(client, store, keys) is None
+    client.zadd(store.globals.replies_due, {keys.member: now_ms()})
     ((_, claimed),) = await lane.claim(1, 60_000)
     await lane.release(keys, claimed)
     assert due_at(client, store, keys) is None
+
+
+async def test_a_reply_queued_within_the_chats_pace_waits_for_it(
+    lane: Lane, store: SessionStore, client: redis.Redis, keys: SessionKeys
+) -> None:
+    await lane.reply_once(keys, "u1", make_reply("r1", keys))
+    ((_, claimed),) = await lane.claim(1, 60_000)
+    head = await lane.head(keys)
+    assert head is not None
+    await lane.sent(keys, claimed, head, 5_000)
+    assert due_at(client, store, keys) is None
+    before = now_ms()
+    await lane.reply_once(keys, "u2", make_reply("r2", keys))
+    due = due_at(client, store, keys)
+    assert due is not None and before + 4_000 <= due <= now_ms() + 5_000
+    assert await lane.claim(1, 60_000) == []
 
 
 async def test_release_keeps_a_session_a_reply_joined_since_the_claim(
@@ -255,10 +271,12 @@ async def test_sent_drops_the_head_and_schedules_the_next_send(
     await lane.route(keys, [replies_for("m1", keys, 2)])
     head = await lane.head(keys)
     assert head is not None and head.id == "m1:1"
-    next_ms = now_ms() + 1000
-    await lane.sent(keys, head, next_ms)
+    ((_, claimed),) = await lane.claim(1, 60_000)
+    before = now_ms()
+    await lane.sent(keys, claimed, head, 1000)
     assert lane_ids(client, keys) == ["m1:2"]
-    assert due_at(client, store, keys) == next_ms
+    due = due_at(client, store, keys)
+    assert due is not None and before + 1000 <= due <= now_ms() + 1000
 
 
 async def test_settling_a_reply_that_is_no_longer_the_head_changes_nothing(
@@ -271,7 +289,7 @@ async def test_settling_a_reply_that_is_no_longer_the_head_changes_nothing(
     gone = make_reply("m0:1", keys)
     lane_before = client.lrange(keys.replies, 0, -1)
     for reply in (stale, gone):
-        await lane.sent(keys, reply, now_ms())
+        await lane.sent(keys, claimed, reply, 1000)
         reply.attempts = 3
         await lane.later(keys, reply, now_ms())
         await lane.bury(keys, reply, "gave up")
@@ -284,7 +302,7 @@ async def test_settling_an_empty_lane_changes_nothing(
     lane: Lane, store: SessionStore, client: redis.Redis, keys: SessionKeys
 ) -> None:
     reply = make_reply("m1:1", keys)
-    await lane.sent(keys, reply, now_ms())
+    await lane.sent(keys, "0", reply, 1000)
     await lane.later(keys, reply, now_ms())
     await lane.bury(keys, reply, "gave up")
     assert not client.exists(keys.replies)
