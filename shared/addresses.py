@@ -24,6 +24,10 @@ class TargetRefused(ValueError):
     """The URL may not be sent to (a non-public address, a scheme other than http(s))."""
 
 
+class TargetUnresolved(TargetRefused):
+    """The URL's host did not resolve: maybe only for now (a DNS outage)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     """A URL and the address checked for it."""
@@ -112,10 +116,10 @@ async def resolve(url: str, *, allow_private: bool = False) -> Target:
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as exc:
-        raise TargetRefused(f"{host} does not resolve ({exc})") from exc
+        raise TargetUnresolved(f"{host} does not resolve ({exc})") from exc
     addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
     if not addresses:
-        raise TargetRefused(f"{host} does not resolve")
+        raise TargetUnresolved(f"{host} does not resolve")
     if not allow_private:
         refused = [str(a) for a in addresses if not is_public(a)]
         if refused:

@@ -24,7 +24,7 @@ import aiohttp
 from limits import RateLimitItemPerSecond
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
-from shared.addresses import Target, TargetRefused, resolve
+from shared.addresses import Target, TargetRefused, TargetUnresolved, resolve
 from shared.channels.endpoints import Directory
 from shared.channels.lane import Lane, Reply
 from shared.channels.platform import Call, Result
@@ -95,12 +95,16 @@ class ReplySender:
                 await self._lane.later(keys, reply, now + random.randint(100, 1000))
                 return
             call = endpoint.platform.call(endpoint, reply.route, reply.text)
+            headers: dict[str, str] = {}
             try:
                 target = await resolve(call.url, allow_private=self._settings.channel_allow_private)
+            except TargetUnresolved as unresolved:  # perhaps DNS only for now: tried again
+                status, body, error = 0, b"", str(unresolved)
             except TargetRefused as refused:
                 await self._lane.bury(keys, reply, f"refused: {refused}")
                 return
-            status, headers, body, error = await self._post(call, target)
+            else:
+                status, headers, body, error = await self._post(call, target)
             result = endpoint.platform.result(status, headers, body) if status else None
             await self._settle(keys, claimed, reply, endpoint.id,
                                endpoint.platform.chat_interval_s, result, error)  # fmt: skip

@@ -398,3 +398,27 @@ async def test_a_cancelled_message_gets_no_reply(
             await http.delete(f"/v1/webhooks/endpoints/{hook.json()['id']}")
     finally:
         await receiver.stop()
+
+
+async def test_a_platform_name_that_does_not_resolve_for_a_while_is_tried_again(
+    cluster: Cluster, platforms: PlatformsThread
+) -> None:
+    """A DNS failure may pass: the reply is retried, not buried as a refused address."""
+    async with httpx.AsyncClient(base_url=cluster.base_url, timeout=30) as http:
+        bot = await connect(http, "slack", platforms.base_url, debounce_s=0)
+        endpoint_id = bot.endpoint["id"]
+        unresolved = {"api_base": "http://chatlane-test.invalid/api"}
+        assert (await http.patch(f"/v1/channels/{endpoint_id}", json=unresolved)).is_success
+        await asyncio.sleep(2.1)  # every process's cached copy of the endpoint is stale now
+        chat = bot.chat(10)
+        answer = await deliver(http, bot, bot.inbound(chat, "is DNS up"))
+        assert answer.status_code == 200, answer.text
+        await asyncio.sleep(2.0)  # a few attempts fail to resolve
+        assert platforms.fake.sent_to("slack", chat) == []
+        restored = {"api_base": api_base("slack", platforms.base_url)}
+        assert (await http.patch(f"/v1/channels/{endpoint_id}", json=restored)).is_success
+        assert await texts_when(platforms, "slack", chat, 1) == [
+            "echo: is DNS up (saw 0 earlier messages)"
+        ]
+        dead = (await http.get("/v1/channels/dead-letters")).json()["data"]
+        assert [d for d in dead if d["chat"] == chat] == []
