@@ -257,7 +257,7 @@ def _plain(chat: str) -> str:
 def test_many_chats_of_many_tenants_each_get_their_own_replies(
     cluster: Cluster, platforms: PlatformsThread, model_server: ModelServer
 ) -> None:
-    run(cluster, platforms, model_server, chats=25)  # 300 chats, 600 turns
+    run(cluster, platforms, model_server, chats=15)  # 180 chats, 360 turns
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,21 +161,35 @@ def _plain(chat: str) -> str:
     return "".join(c if c.isalnum() or c in ".-" else f"_{ord(c):02x}" for c in chat)
 
 
-@pytest.mark.parametrize("channel", CHANNELS)
 async def test_a_message_comes_back_as_a_reply_in_the_same_chat(
-    cluster: Cluster, platforms: PlatformsThread, channel: str
+    cluster: Cluster, platforms: PlatformsThread
 ) -> None:
-    async with httpx.AsyncClient(base_url=cluster.base_url, timeout=30) as http:
+    async def one(http: httpx.AsyncClient, channel: str) -> list[str]:
         bot = await connect(http, channel, platforms.base_url, debounce_s=0)
         chat = bot.chat(1)
         answer = await deliver(http, bot, bot.inbound(chat, "hello there"))
         assert answer.status_code == 200, answer.text
         replies = await texts_when(platforms, channel, chat, 1)
-        assert replies == ["echo: hello there (saw 0 earlier messages)"]
+        assert replies == ["echo: hello there (saw 0 earlier messages)"], channel
         session = (await http.get(f"/v1/sessions/{session_of(bot, chat)}/messages")).json()
         assert [m["data"]["content"] for m in session["data"]] == ["hello there", replies[0]]
-        await asyncio.sleep(1.5)  # nothing more comes
-        assert platforms.fake.sent_to(channel, chat) == replies  # type: ignore[arg-type]
+        await asyncio.sleep(1.2)  # nothing more comes (a second send would be paced 1 s)
+        return platforms.fake.sent_to(channel, chat)  # type: ignore[arg-type]
+
+    await every_channel(cluster, one, [["echo: hello there (saw 0 earlier messages)"]] * 4)
+
+
+async def every_channel(
+    cluster: Cluster,
+    one: Callable[[httpx.AsyncClient, str], Awaitable[Any]],
+    expected: list[Any] | None = None,
+) -> None:
+    """``one`` for each platform at once (each with a bot of its own); ``expected``: what
+    each answers, in ``CHANNELS`` order."""
+    async with httpx.AsyncClient(base_url=cluster.base_url, timeout=30) as http:
+        found = await asyncio.gather(*(one(http, channel) for channel in CHANNELS))
+    if expected is not None:
+        assert dict(zip(CHANNELS, found, strict=True)) == dict(zip(CHANNELS, expected, strict=True))
 
 
 @pytest.mark.parametrize("channel", CHANNELS)
@@ -230,11 +244,10 @@ async def test_a_slack_request_signed_long_ago_is_refused_as_a_replay(
         assert fresh.status_code == 200
 
 
-@pytest.mark.parametrize("channel", CHANNELS)
 async def test_redelivered_messages_become_one_turn_each_in_order(
-    cluster: Cluster, platforms: PlatformsThread, channel: str
+    cluster: Cluster, platforms: PlatformsThread
 ) -> None:
-    async with httpx.AsyncClient(base_url=cluster.base_url, timeout=30) as http:
+    async def one(http: httpx.AsyncClient, channel: str) -> list[str]:
         bot = await connect(http, channel, platforms.base_url, strategy="enqueue")
         chat = bot.chat(4)
         ids = [str(90_000 + n) if channel == "telegram" else f"m{channel}{n}x" for n in range(3)]
@@ -242,66 +255,82 @@ async def test_redelivered_messages_become_one_turn_each_in_order(
         for n in (0, 1, 0, 2, 1, 2, 0):  # the same updates again, and out of order
             answer = await deliver(http, bot, requests[n])
             assert answer.status_code == 200, answer.text
-        replies = await texts_when(platforms, channel, chat, 3)
-        assert replies == [f"echo: number {n} (saw {2 * n} earlier messages)" for n in range(3)]
+        await texts_when(platforms, channel, chat, 3)
         turns = (await http.get(f"/v1/sessions/{session_of(bot, chat)}/turns")).json()
         assert [t["input"]["content"] for t in turns["data"]] == [f"number {n}" for n in range(3)]
         assert [t["channel"]["message"] for t in turns["data"]] == ids
-        await asyncio.sleep(1.0)
-        assert len(platforms.fake.sent_to(channel, chat)) == 3  # type: ignore[arg-type]
+        await asyncio.sleep(1.2)
+        return platforms.fake.sent_to(channel, chat)  # type: ignore[arg-type]
+
+    replies = [f"echo: number {n} (saw {2 * n} earlier messages)" for n in range(3)]
+    await every_channel(cluster, one, [replies] * 4)
 
 
-@pytest.mark.parametrize("channel", CHANNELS)
 async def test_a_burst_of_messages_gets_one_reply(
-    cluster: Cluster, platforms: PlatformsThread, channel: str
+    cluster: Cluster, platforms: PlatformsThread
 ) -> None:
-    async with httpx.AsyncClient(base_url=cluster.base_url, timeout=30) as http:
+    async def one(http: httpx.AsyncClient, channel: str) -> list[str]:
         bot = await connect(http, channel, platforms.base_url, debounce_s=1.0)
         chat = bot.chat(5)
         for n in range(4):
             answer = await deliver(http, bot, bot.inbound(chat, f"part {n}"))
             assert answer.status_code == 200, answer.text
-        replies = await texts_when(platforms, channel, chat, 1)
-        await asyncio.sleep(2.0)
-        assert platforms.fake.sent_to(channel, chat) == replies  # type: ignore[arg-type]
-        assert replies == ["echo: part 3 (saw 3 earlier messages)"]
+        await texts_when(platforms, channel, chat, 1)
+        await asyncio.sleep(1.5)
         turns = (await http.get(f"/v1/sessions/{session_of(bot, chat)}/turns")).json()["data"]
         assert [t["status"] for t in turns] == ["completed"] * 4
         assert {t["answered_by"] or t["id"] for t in turns} == {turns[0]["id"]}
+        return platforms.fake.sent_to(channel, chat)  # type: ignore[arg-type]
+
+    await every_channel(cluster, one, [["echo: part 3 (saw 3 earlier messages)"]] * 4)
 
 
-@pytest.mark.parametrize("channel", CHANNELS)
 async def test_replies_survive_the_send_api_going_down_and_throttling(
-    cluster: Cluster, platforms: PlatformsThread, channel: str
+    cluster: Cluster, platforms: PlatformsThread
 ) -> None:
     fake = platforms.fake
-    async with httpx.AsyncClient(base_url=cluster.base_url, timeout=30) as http:
+    texts = [f"echo: while down {n} (saw {2 * n} earlier messages)" for n in range(3)]
+    chats: dict[str, str] = {}
+    done: list[str] = []
+    all_committed, restored = asyncio.Event(), asyncio.Event()
+
+    async def one(http: httpx.AsyncClient, channel: str) -> list[str]:
         bot = await connect(http, channel, platforms.base_url, strategy="enqueue")
-        chat = bot.chat(6)
-        fake.down(platform=channel)  # type: ignore[arg-type]
-        try:
-            for n in range(3):
-                answer = await deliver(http, bot, bot.inbound(chat, f"while down {n}"))
-                assert answer.status_code == 200, answer.text
-            session = session_of(bot, chat)
-            await _until(
-                http,
-                session,
-                lambda turns: all(t["status"] == "completed" for t in turns) and len(turns) == 3,
-            )
-            await asyncio.sleep(1.0)  # a few failed attempts
-            assert fake.sent_to(channel, chat) == []  # type: ignore[arg-type]
-        finally:
-            fake.up()
-        fake.throttle(2, 1, platform=channel)  # type: ignore[arg-type]
-        replies = await texts_when(platforms, channel, chat, 3)
-        await asyncio.sleep(1.5)
-        assert fake.sent_to(channel, chat) == [  # type: ignore[arg-type]
-            f"echo: while down {n} (saw {2 * n} earlier messages)" for n in range(3)
-        ]
-        assert replies == fake.sent_to(channel, chat)  # type: ignore[arg-type]
-        outcomes = [a.outcome for a in fake.attempts if a.platform == channel]
-        assert "down" in outcomes and "throttled" in outcomes
+        chat = chats[channel] = bot.chat(6)
+        for n in range(3):
+            answer = await deliver(http, bot, bot.inbound(chat, f"while down {n}"))
+            assert answer.status_code == 200, answer.text
+        await _until(
+            http,
+            session_of(bot, chat),
+            lambda turns: all(t["status"] == "completed" for t in turns) and len(turns) == 3,
+        )
+        done.append(channel)
+        if len(done) == len(CHANNELS):
+            all_committed.set()
+        await restored.wait()
+        await texts_when(platforms, channel, chat, 3)
+        await asyncio.sleep(1.2)
+        return fake.sent_to(channel, chat)  # type: ignore[arg-type]
+
+    async def outage() -> None:
+        await all_committed.wait()  # every platform down while its three turns commit
+        await asyncio.sleep(1.0)  # a few failed attempts each
+        assert all(fake.sent_to(c, chat) == [] for c, chat in chats.items())  # type: ignore[arg-type]
+        fake.up()
+        for channel in CHANNELS:
+            fake.throttle(2, 1, platform=channel)  # type: ignore[arg-type]
+        restored.set()
+
+    fake.down()
+    try:
+        await asyncio.gather(every_channel(cluster, one, [texts] * 4), outage())
+    finally:
+        fake.up()
+    outcomes = {a.platform: set() for a in fake.attempts}
+    for attempt in fake.attempts:
+        outcomes[attempt.platform].add(attempt.outcome)
+    assert all({"down", "throttled"} <= outcomes[c] for c in CHANNELS), outcomes
 
 
 async def _until(
