@@ -8,12 +8,18 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.channels.credentials import (
+    Credential,
+    SlackCredentials,
+    TelegramCredentials,
+    TwilioCredentials,
+    WhatsAppCredentials,
+)
 from shared.channels.endpoints import DEFAULT_DEBOUNCE_S, DEFAULT_FAILURE_REPLY, ChannelEndpoint
 from shared.channels.lane import Reply
 from shared.channels.platform import ChannelName
 from shared.settings import Strategy
 
-Credential = Annotated[str, Field(min_length=1, max_length=512)]
 Text = Annotated[str, Field(min_length=1, max_length=1000)]
 
 
@@ -61,37 +67,6 @@ class ChannelSettings(BaseModel):
     )
 
 
-class _Credentials(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class TelegramCredentials(_Credentials):
-    bot_token: Credential = Field(description="From @BotFather.")
-    secret_token: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,256}$")] | None = Field(
-        default=None,
-        description="Give it to `setWebhook` as `secret_token`; made when omitted.",
-    )
-
-
-class SlackCredentials(_Credentials):
-    bot_token: Credential = Field(description="The app's bot token, `xoxb-…`.")
-    signing_secret: Credential = Field(description="Basic Information → Signing Secret.")
-
-
-class WhatsAppCredentials(_Credentials):
-    access_token: Credential = Field(description="A system user's access token.")
-    app_secret: Credential = Field(description="App settings → Basic → App Secret.")
-    phone_number_id: Credential = Field(description="The business number's id.")
-    verify_token: Credential | None = Field(
-        default=None, description="Give it to Meta as the Verify Token; made when omitted."
-    )
-
-
-class TwilioCredentials(_Credentials):
-    account_sid: Credential = Field(description="`AC…`.")
-    auth_token: Credential = Field(description="The account's auth token (it signs webhooks).")
-
-
 class TelegramIn(ChannelSettings):
     channel: Literal["telegram"]
     credentials: TelegramCredentials
@@ -112,12 +87,6 @@ class TwilioIn(ChannelSettings):
     credentials: TwilioCredentials
 
 
-CREDENTIALS: dict[ChannelName, type[_Credentials]] = {
-    "telegram": TelegramCredentials,
-    "slack": SlackCredentials,
-    "whatsapp": WhatsAppCredentials,
-    "twilio": TwilioCredentials,
-}
 ChannelIn = Annotated[TelegramIn | SlackIn | WhatsAppIn | TwilioIn, Field(discriminator="channel")]
 
 

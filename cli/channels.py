@@ -10,8 +10,10 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar, cast, get_args
 
 import click
+from pydantic import ValidationError
 
-from shared.addresses import TargetRefused, parse, resolve
+from shared.addresses import TargetRefused, check, parse
+from shared.channels.credentials import completed
 from shared.channels.endpoints import (
     DEFAULT_DEBOUNCE_S,
     DEFAULT_FAILURE_REPLY,
@@ -19,7 +21,6 @@ from shared.channels.endpoints import (
     ChannelEndpoint,
     Directory,
     new_endpoint_id,
-    new_token,
 )
 from shared.channels.platform import CHANNELS, ChannelName
 from shared.keys import TENANT_ID_PATTERN, GlobalKeys
@@ -28,11 +29,8 @@ from shared.settings import Settings, Strategy
 from shared.store.records import now_ms
 
 T = TypeVar("T")
-CREDENTIAL_MAX = 512
 TEXT_MAX = 1000
 URL_MAX = 2048
-# What the platform itself accepts (Telegram's setWebhook ``secret_token``).
-FORMATS = {("telegram", "secret_token"): re.compile(r"[A-Za-z0-9_-]{1,256}")}
 
 
 def _with_redis(action: Callable[[Any, GlobalKeys], Awaitable[T]]) -> T:
@@ -63,8 +61,6 @@ def _pairs(_ctx: click.Context, param: click.Parameter, values: tuple[str, ...])
             raise click.BadParameter(f"{pair!r} is not name=value", param=param)
         if name in given:
             raise click.BadParameter(f"{name} is given twice", param=param)
-        if not 1 <= len(value) <= CREDENTIAL_MAX:
-            raise click.BadParameter(f"{name}: 1–{CREDENTIAL_MAX} characters", param=param)
         given[name] = value
     return given
 
@@ -88,34 +84,28 @@ def _text(_ctx: click.Context, param: click.Parameter, value: str | None) -> str
 
 
 def _credentials(channel: ChannelName, given: dict[str, str]) -> dict[str, str]:
-    """``given`` checked against what ``channel`` needs, with the generated ones that were
-    not given made (as the API does)."""
-    platform = PLATFORMS[channel]
-    known = (*platform.required, *platform.generated)
-    hint = "--credential"
-    if unknown := sorted(set(given) - set(known)):
-        raise click.BadParameter(
-            f"{channel} has no credential {', '.join(unknown)} (it takes {', '.join(known)})",
-            param_hint=hint,
+    """``given`` checked as the API checks it, with the generated ones that were not
+    given made."""
+    try:
+        return completed(channel, given)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in e['loc']) or channel}: {e['msg']}"
+            for e in exc.errors(include_url=False)
         )
-    if missing := [name for name in platform.required if name not in given]:
+        known = ", ".join((*PLATFORMS[channel].required, *PLATFORMS[channel].generated))
         raise click.BadParameter(
-            f"{channel} needs {', '.join(f'{name}=…' for name in missing)}", param_hint=hint
-        )
-    for name, value in given.items():
-        form = FORMATS.get((channel, name))
-        if form is not None and not form.fullmatch(value):
-            raise click.BadParameter(f"{name} must match {form.pattern}", param_hint=hint)
-    return {name: new_token() for name in platform.generated} | given
+            f"{problems} ({channel} takes {known})", param_hint="--credential"
+        ) from exc
 
 
 def _reachable(api_base: str | None) -> None:
-    """Refuse an ``api_base`` on a non-public address, unless CHATLANE_CHANNEL_ALLOW_PRIVATE
-    (the worker would refuse to send there)."""
-    if api_base is None or Settings().channel_allow_private:
+    """Refuse an ``api_base`` the worker would refuse to send to (a non-public address,
+    unless CHATLANE_CHANNEL_ALLOW_PRIVATE)."""
+    if api_base is None:
         return
     try:
-        asyncio.run(resolve(api_base))
+        asyncio.run(check(api_base, allow_private=Settings().channel_allow_private))
     except TargetRefused as refused:
         allow = "set CHATLANE_CHANNEL_ALLOW_PRIVATE=true to allow it"
         raise click.BadParameter(f"{refused} ({allow})", param_hint="--api-base") from refused

@@ -109,6 +109,15 @@ def parse(url: str) -> tuple[str, str, int, str]:
     return scheme, parts.hostname, port, path
 
 
+async def check(url: str, *, allow_private: bool) -> None:
+    """Refuse (``TargetRefused``), when it is registered, a URL chatlane will send to: not
+    http(s), or (unless ``allow_private``) a host that does not resolve to public addresses
+    alone. Each send checks again (``resolve``): DNS may change."""
+    parse(url)
+    if not allow_private:
+        await resolve(url)
+
+
 async def resolve(url: str, *, allow_private: bool = False) -> Target:
     """Check ``url`` and pick the address to connect to; ``TargetRefused`` if any address
     the host resolves to is not public (unless ``allow_private``)."""

@@ -12,7 +12,6 @@ from pydantic import ValidationError
 
 from api.channel_schemas import (
     CLEARABLE,
-    CREDENTIALS,
     ChannelIn,
     ChannelOut,
     ChannelPatch,
@@ -24,13 +23,12 @@ from api.deps import Before, PageLimit, State, Tenant
 from api.openapi import CHANNEL_NOT_FOUND, CHANNEL_REFUSED_URL, problems
 from api.problems import problem
 from api.state import AppState
-from shared.addresses import TargetRefused, parse, resolve
+from shared.addresses import TargetRefused, check, parse
+from shared.channels.credentials import checked, completed
 from shared.channels.endpoints import (
     ENDPOINT_ID_PATTERN,
-    PLATFORMS,
     ChannelEndpoint,
     new_endpoint_id,
-    new_token,
 )
 from shared.channels.lane import Reply
 from shared.store.records import now_ms
@@ -87,9 +85,7 @@ async def create_channel(
     refused = await _refused_urls(state, body)
     if refused is not None:
         return refused
-    platform = PLATFORMS[body.channel]
-    given = body.credentials.model_dump(exclude_none=True)
-    credentials = {name: new_token() for name in platform.generated} | given
+    credentials = completed(body.channel, body.credentials.model_dump(exclude_none=True))
     endpoint = ChannelEndpoint(
         id=new_endpoint_id(),
         tenant=tenant,
@@ -147,7 +143,7 @@ async def update_channel(
     if body.credentials:
         merged = endpoint.credentials | body.credentials
         try:
-            CREDENTIALS[endpoint.channel].model_validate(merged)
+            checked(endpoint.channel, merged)
         except ValidationError as exc:
             raise RequestValidationError(
                 [{**e, "loc": ("body", "credentials", *e["loc"])} for e in exc.errors()]
@@ -185,9 +181,7 @@ async def _refused_urls(state: AppState, body: ChannelSettings) -> Response | No
         if body.public_url is not None:
             parse(body.public_url)
         if body.api_base is not None:
-            parse(body.api_base)
-            if not state.settings.channel_allow_private:
-                await resolve(body.api_base)
+            await check(body.api_base, allow_private=state.settings.channel_allow_private)
     except TargetRefused as refused:
         return problem(422, "Channel URL refused", str(refused), kind="channel-url-refused")
     return None

@@ -14,7 +14,7 @@ from api.deps import Before, PageLimit, State, Tenant
 from api.openapi import NOT_FOUND, WEBHOOK_URL_REFUSED, problems
 from api.problems import problem
 from api.state import AppState
-from shared.addresses import TargetRefused, parse, resolve
+from shared.addresses import TargetRefused, check
 from shared.signing import is_secret, new_secret
 from shared.store.outbox import EVENTS, Delivery, Endpoint, EventName, Secret, rotated
 from shared.store.records import now_ms
@@ -76,9 +76,7 @@ class DeadLettersPage(BaseModel):
 async def checked_url(state: AppState, url: str) -> Response | None:
     """A 422 problem when ``url`` may not receive webhooks, else None."""
     try:
-        parse(url)
-        if not state.settings.webhook_allow_private:
-            await resolve(url)
+        await check(url, allow_private=state.settings.webhook_allow_private)
     except TargetRefused as refused:
         return problem(422, "Webhook URL refused", str(refused), kind="webhook-url-refused")
     return None
