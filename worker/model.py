@@ -26,9 +26,9 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
 
 from shared.errors import ModelError, ModelGaveUp, ModelUnavailable, TransientModelError
+from shared.retry_after import retry_after_s
 from shared.settings import Settings
 from worker.echo import EchoChatModel
-from worker.retry_after import retry_after_s
 
 log = logging.getLogger(__name__)
 

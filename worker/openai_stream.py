@@ -31,7 +31,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from pydantic import ConfigDict, Field, PrivateAttr, SecretStr
 
 from shared.errors import ModelRejected, TransientModelError
-from worker.retry_after import retry_after_s
+from shared.retry_after import retry_after_s
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}

@@ -18,12 +18,12 @@ from collections.abc import Callable
 import aiohttp
 
 from shared.addresses import Target, TargetRefused, resolve
+from shared.retry_after import retry_after_s
 from shared.settings import Settings
 from shared.signing import signed_headers
 from shared.store.outbox import Delivery, Outbox, live_values
 from shared.store.records import now_ms
 from worker.outgoing import client_session, keep_passing
-from worker.retry_after import retry_after_s
 
 MAX_RESPONSE_BYTES = 64 * 1024
 SESSION_LEASE_MS = 30_000

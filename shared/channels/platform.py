@@ -15,6 +15,8 @@ from typing import Any, Literal, Protocol
 
 import orjson
 
+from shared.retry_after import retry_after_s
+
 ChannelName = Literal["telegram", "slack", "whatsapp", "twilio"]
 CHANNELS: tuple[ChannelName, ...] = ("telegram", "slack", "whatsapp", "twilio")
 
@@ -161,30 +163,11 @@ def json_or_empty(body: bytes) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
-MAX_WAIT_S = 3600.0  # the longest pause a platform's answer can impose
-
-
-def seconds(value: object) -> float | None:
-    """A platform's wait as seconds in [0, MAX_WAIT_S]; None unless a finite number."""
-    if not isinstance(value, int | float | str) or isinstance(value, bool):
-        return None
-    try:
-        found = float(value)
-    except ValueError:
-        return None
-    return min(max(found, 0.0), MAX_WAIT_S) if math.isfinite(found) else None
-
-
-def header_seconds(headers: Mapping[str, str]) -> float | None:
-    """``Retry-After`` in seconds, when it is a number."""
-    return seconds(headers.get("retry-after"))
-
-
 def by_status(status: int, headers: Mapping[str, str], error: str) -> Result:
     """The common judgement of a failed send: 429 waits as asked, 408 and 5xx are tried
     again, any other answer is permanent."""
     if status == 429:
-        return Result(False, header_seconds(headers) or 1.0, error=error or "throttled (429)")
+        return Result(False, retry_after_s(headers) or 1.0, error=error or "throttled (429)")
     if status == 408 or status >= 500 or status == 0:
         return Result(False, error=error or f"answered {status}")
     return Result(False, permanent=True, error=error or f"answered {status}")

@@ -30,11 +30,11 @@ from shared.channels.platform import (
     Result,
     Route,
     by_status,
-    header_seconds,
     json_object,
     json_or_empty,
     unix_seconds,
 )
+from shared.retry_after import retry_after_s
 
 MAX_SKEW_S = 300
 RETRYABLE = frozenset(
@@ -109,6 +109,6 @@ class Slack(NoHandshake):
         error = str(doc.get("error") or "")[:300]
         if status == 200 and error:
             if error == "ratelimited":
-                return Result(False, header_seconds(headers) or 1.0, error=error)
+                return Result(False, retry_after_s(headers) or 1.0, error=error)
             return Result(False, permanent=error not in RETRYABLE, error=error)
         return by_status(status, headers, error)

@@ -24,9 +24,9 @@ from shared.channels.platform import (
     by_status,
     json_object,
     json_or_empty,
-    seconds,
     unix_seconds,
 )
+from shared.retry_after import wait_s
 
 SECRET_HEADER = "x-telegram-bot-api-secret-token"
 
@@ -87,7 +87,7 @@ class Telegram(NoHandshake):
         error = str(doc.get("description") or "")[:300]
         if status == 429:
             parameters = doc.get("parameters")
-            wait = seconds(parameters.get("retry_after")) if isinstance(parameters, dict) else None
+            wait = wait_s(parameters.get("retry_after")) if isinstance(parameters, dict) else None
             if wait is not None:
                 return Result(False, wait, error=error)
         return by_status(status, headers, error)
