@@ -88,6 +88,10 @@ class Settings(BaseSettings):
     max_coalesced_turns: int = Field(default=50, ge=1, le=1000)
 
     worker_concurrency: int = Field(default=1000, ge=1)
+    # A worker serves its Prometheus metrics at http://<host>:<port>/metrics when a port is
+    # set (one port per worker process on a host).
+    worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    worker_metrics_host: str = "127.0.0.1"
 
     webhook_allow_private: bool = False
     webhook_timeout_s: float = Field(default=10.0, gt=0)

@@ -28,14 +28,16 @@ def create_celery(settings: Settings) -> Celery:
     engine = Engine(settings)
     app.conf.chatlane_engine = engine
 
-    @app.task(name=WAKE_UP_TASK, ignore_result=True)
-    def wake_up(tenant: str, session: str) -> None:
+    @app.task(name=WAKE_UP_TASK, ignore_result=True, bind=True)
+    def wake_up(task: Any, tenant: str, session: str) -> None:
         """Hand the session to this process's engine, which drains it unless another
         worker is doing so. Returns once handed over (blocks while the engine is full).
 
         Carries only ids: a lost or duplicated message is harmless (the sweeper sends
         another; a second drain finds the session busy or empty).
         """
+        redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
+        engine.metrics.wake_ups.labels(str(redelivered).lower()).inc()
         engine.submit(tenant, session)
 
     return app

@@ -28,6 +28,7 @@ from shared.settings import Settings
 from shared.store import DeltaBatcher, EventHub, Heartbeat, SessionStore
 from shared.store.outbox import Outbox
 from shared.wakeup import open_wake_ups
+from worker.metrics import WorkerMetrics
 from worker.model import ModelSource
 from worker.replies import ReplySender
 from worker.stops import follow_stops
@@ -66,6 +67,7 @@ class Engine:
         self._stop: asyncio.Event | None = None
         self._slots = threading.BoundedSemaphore(settings.worker_concurrency)
         self._draining: set[asyncio.Task[Any]] = set()
+        self.metrics = WorkerMetrics()
 
     def start(self) -> Runtime:
         with self._guard:
@@ -76,6 +78,10 @@ class Engine:
                     target=self._main, args=(models,), name="chatlane-engine", daemon=True
                 )
                 self._thread.start()
+                if self.settings.worker_metrics_port is not None:
+                    self.metrics.serve(
+                        self.settings.worker_metrics_host, self.settings.worker_metrics_port
+                    )
         return self._ready.result()
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -152,8 +158,12 @@ class Engine:
             deltas = DeltaBatcher(store, flush_s=settings.stream_flush_s)
             outbox = Outbox(store)
             quotas = Quotas(client, settings)
-            replies = ReplySender(outbox.lane, outbox.directory, settings, quotas.storage)
-            sender = WebhookSender(outbox, settings, replies_due=replies.wake)
+            metrics = self.metrics
+            metrics.expose(lambda: deltas.fenced)
+            replies = ReplySender(
+                outbox.lane, outbox.directory, settings, quotas.storage, metrics=metrics
+            )
+            sender = WebhookSender(outbox, settings, replies_due=replies.wake, metrics=metrics)
             async with open_wake_ups(settings, client) as wake_ups:
                 tasks = [
                     asyncio.create_task(sender.run(), name="chatlane-webhooks"),
@@ -165,7 +175,8 @@ class Engine:
                     ),
                     asyncio.create_task(deltas.run(), name="chatlane-deltas"),
                     asyncio.create_task(
-                        run_sweeper(store, wake_ups, heartbeat.held), name="chatlane-sweeper"
+                        run_sweeper(store, wake_ups, heartbeat.held, metrics.renudges.inc),
+                        name="chatlane-sweeper",
                     ),
                 ]
                 runtime = Runtime(
@@ -177,6 +188,7 @@ class Engine:
                     outbox,
                     quotas,
                     sender.wake,
+                    metrics=metrics,
                 )
                 if settings.settle_heap:
                     heap.settle()

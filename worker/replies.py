@@ -31,6 +31,7 @@ from shared.channels.platform import Call, Result
 from shared.keys import SessionKeys
 from shared.settings import Settings
 from shared.store.records import now_ms
+from worker.metrics import WorkerMetrics
 from worker.outgoing import client_session, keep_passing
 
 MAX_RESPONSE_BYTES = 64 * 1024
@@ -42,8 +43,17 @@ POLL_S = 0.25
 class ReplySender:
     """Sends the replies every chat is owed; ``wake`` when some were queued."""
 
-    def __init__(self, lane: Lane, directory: Directory, settings: Settings, storage: Any) -> None:
+    def __init__(
+        self,
+        lane: Lane,
+        directory: Directory,
+        settings: Settings,
+        storage: Any,
+        *,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
         self._lane = lane
+        self._metrics = metrics or WorkerMetrics()
         self._directory = directory
         self._settings = settings
         self._limiter = SlidingWindowCounterRateLimiter(storage)
@@ -83,7 +93,7 @@ class ReplySender:
                 return
             endpoint = await self._directory.find(reply.endpoint_id)
             if endpoint is None:
-                await self._lane.bury(keys, reply, "the channel endpoint was deleted")
+                await self._bury(keys, reply, "the channel endpoint was deleted")
                 return
             now = now_ms()
             paused = await self._lane.paused_until(endpoint.id)
@@ -101,7 +111,7 @@ class ReplySender:
             except TargetUnresolved as unresolved:  # perhaps DNS only for now: tried again
                 status, body, error = 0, b"", str(unresolved)
             except TargetRefused as refused:
-                await self._lane.bury(keys, reply, f"refused: {refused}")
+                await self._bury(keys, reply, f"refused: {refused}")
                 return
             else:
                 status, headers, body, error = await self._post(call, target)
@@ -121,11 +131,12 @@ class ReplySender:
     ) -> None:
         if result is not None and result.ok:
             self.sent += 1
+            self._metrics.delivered("reply", "sent")
             await self._lane.sent(keys, claimed, reply, int(interval_s * 1000))
             return
         reply.last_error = (result.error if result is not None else error) or "failed"
         if result is not None and result.permanent:
-            await self._lane.bury(keys, reply, reply.last_error)
+            await self._bury(keys, reply, reply.last_error)
             return
         if result is not None and result.retry_after_s is not None:
             await self._lane.pause(endpoint_id, result.retry_after_s)
@@ -133,8 +144,9 @@ class ReplySender:
             return
         reply.attempts += 1
         if reply.attempts >= self._settings.channel_max_attempts:
-            await self._lane.bury(keys, reply, reply.last_error)
+            await self._bury(keys, reply, reply.last_error)
             return
+        self._metrics.delivered("reply", "retried")
         await self._lane.later(keys, reply, now_ms() + int(self._backoff(reply.attempts) * 1000))
 
     async def _post(self, call: Call, target: Target) -> tuple[int, dict[str, str], bytes, str]:
@@ -155,6 +167,10 @@ class ReplySender:
                 return response.status, headers, body, ""
         except (aiohttp.ClientError, TimeoutError) as exc:
             return 0, {}, b"", f"{type(exc).__name__}: {exc}"[:300]
+
+    async def _bury(self, keys: SessionKeys, reply: Reply, why: str) -> None:
+        self._metrics.delivered("reply", "dead_lettered")
+        await self._lane.bury(keys, reply, why)
 
     def _backoff(self, attempts: int) -> float:
         settings = self._settings

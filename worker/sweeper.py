@@ -20,10 +20,14 @@ log = logging.getLogger(__name__)
 
 
 async def run_sweeper(
-    store: SessionStore, wake_ups: WakeUps, held: Callable[[], frozenset[str]]
+    store: SessionStore,
+    wake_ups: WakeUps,
+    held: Callable[[], frozenset[str]],
+    renudged: Callable[[], None] = lambda: None,
 ) -> None:
     """Sweep every ``CHATLANE_SWEEP_INTERVAL_S`` when elected, until cancelled. ``held``:
-    the sessions this process drains (they need no probe)."""
+    the sessions this process drains (they need no probe); ``renudged`` is called for
+    each wake-up sent."""
     interval = store.settings.sweep_interval_s
     sweep = Sweep(store)
     while True:
@@ -36,6 +40,7 @@ async def run_sweeper(
             stalled = await sweep.once(held())
             for keys in stalled:
                 await wake_ups.send(keys.tenant, keys.session)
+                renudged()
             if stalled:
                 log.info("sweeper woke %d stalled sessions", len(stalled))
         except Exception:

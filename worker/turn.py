@@ -25,6 +25,7 @@ from shared.errors import (
     SessionBusy,
     TurnStopped,
 )
+from shared.keys import SessionKeys
 from shared.quotas import CHARS_PER_TOKEN, Quotas, estimate_tokens
 from shared.settings import Settings
 from shared.store import (
@@ -39,9 +40,12 @@ from shared.store import (
 )
 from shared.store import history as docs
 from shared.store.outbox import EventName, Outbox
+from worker.metrics import WorkerMetrics
 from worker.model import ModelSource, call_model
 
 log = logging.getLogger(__name__)
+
+ATTEMPTS_EXHAUSTED = "attempts_exhausted"  # a poison turn: its workers died on it every time
 
 
 def _nothing() -> None:
@@ -66,6 +70,7 @@ class Runtime:
     quotas: Quotas
     webhooks_due: Callable[[], None] = _nothing
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +98,18 @@ async def drain_session(rt: Runtime, tenant: str, session: str) -> DrainReport:
     try:
         head = await store.begin(keys, lease.token)
     except SessionBusy:
+        rt.metrics.drains.labels("busy").inc()
         return DrainReport(busy=True)
+    report = await _drain(rt, keys, lease, head)
+    found = "lost_lock" if report.lost_lock else "drained" if head is not None else "empty"
+    rt.metrics.drains.labels(found).inc()
+    return report
+
+
+async def _drain(
+    rt: Runtime, keys: SessionKeys, lease: Lease, head: Head | Debounce | None
+) -> DrainReport:
+    store = rt.store
     committed = stopped = 0
     refused: str | None = None
     async with rt.heartbeat.keep(lease):
@@ -120,6 +136,7 @@ async def drain_session(rt: Runtime, tenant: str, session: str) -> DrainReport:
                     released = await store.commit(keys, lease.token, head, outcome, webhook=webhook)
                 except CommitRejected as rejected:
                     log.warning("commit of %s refused: %s", head.turn.id, rejected.reason)
+                    rt.metrics.commits.labels(rejected.reason.lower()).inc()
                     if rejected.reason == "STOPPED":
                         stopped += 1
                         released = False
@@ -134,6 +151,7 @@ async def drain_session(rt: Runtime, tenant: str, session: str) -> DrainReport:
                         refused, released = head.turn.id, False  # read the head again
                 else:
                     committed += len(head.group)
+                    _count_commit(rt.metrics, outcome)
                     await settle_tokens(rt, keys.tenant, head, outcome)
                     if webhook:
                         await rt.outbox.note(keys)
@@ -166,9 +184,14 @@ async def run_turn(rt: Runtime, lease: Lease, head: Head) -> Outcome:
     if turn.crashes >= settings.max_turn_attempts:
         # Earlier attempts died with their worker (crash, OOM, kill): do not try forever.
         message = f"the turn was started {turn.crashes} times without finishing"
-        return _failed("attempts_exhausted", message)
+        return _failed(ATTEMPTS_EXHAUSTED, message)
     said = [((t.input or {}).get("content", ""), t.id) for t in head.group]
     writer = rt.deltas.writer(lease, turn.id, turn.attempt)
+
+    def retried() -> None:
+        rt.metrics.model_retries.inc()
+        writer.retry()
+
     deadline = asyncio.get_running_loop().time() + settings.turn_deadline_s
     try:
         model = rt.models.get()
@@ -180,7 +203,7 @@ async def run_turn(rt: Runtime, lease: Lease, head: Head) -> Outcome:
                 settings=settings,
                 deadline=deadline,
                 on_delta=writer.write,
-                on_retry=writer.retry,
+                on_retry=retried,
             )
     except (LockLost, TurnStopped, RedisError):
         raise
@@ -241,6 +264,14 @@ async def settle_tokens(rt: Runtime, tenant: str, head: Head, outcome: Outcome) 
         await rt.quotas.settle_tokens(tenant, reserved, actual)
     except RedisError:
         log.warning("token budget of %s not settled for %s", tenant, head.turn.id, exc_info=True)
+
+
+def _count_commit(metrics: WorkerMetrics, outcome: Outcome) -> None:
+    metrics.commits.labels("ok").inc()
+    reason = (outcome.error or {}).get("code", "") if outcome.status == "failed" else ""
+    metrics.turns.labels(outcome.status, reason).inc()
+    if reason == ATTEMPTS_EXHAUSTED:
+        metrics.dead_turns.inc()
 
 
 def _failed(code: str, message: str) -> Outcome:

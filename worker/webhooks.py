@@ -23,6 +23,7 @@ from shared.settings import Settings
 from shared.signing import signed_headers
 from shared.store.outbox import Delivery, Outbox, live_values
 from shared.store.records import now_ms
+from worker.metrics import WorkerMetrics
 from worker.outgoing import client_session, keep_passing
 
 MAX_RESPONSE_BYTES = 64 * 1024
@@ -36,9 +37,15 @@ class WebhookSender:
     """Delivers this deployment's webhooks (at least once); ``wake`` after a commit."""
 
     def __init__(
-        self, outbox: Outbox, settings: Settings, replies_due: Callable[[], None] = lambda: None
+        self,
+        outbox: Outbox,
+        settings: Settings,
+        replies_due: Callable[[], None] = lambda: None,
+        *,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self._outbox = outbox
+        self._metrics = metrics or WorkerMetrics()
         self._settings = settings
         self._replies_due = replies_due
         self._wake = asyncio.Event()
@@ -101,7 +108,7 @@ class WebhookSender:
                 return
             if not secrets_:
                 delivery.last_error = "the endpoint is disabled"
-                await self._outbox.bury(delivery)
+                await self._bury(delivery)
                 return
             try:
                 target = await resolve(
@@ -109,7 +116,7 @@ class WebhookSender:
                 )
             except TargetRefused as refused:
                 delivery.last_error = f"refused: {refused}"
-                await self._outbox.bury(delivery)
+                await self._bury(delivery)
                 return
             await self._attempt(delivery, target, secrets_)
 
@@ -138,6 +145,7 @@ class WebhookSender:
             delivery.last_error = f"{type(exc).__name__}: {exc}"[:300]
         if 200 <= status < 300:
             self.sent += 1
+            self._metrics.delivered("webhook", "sent")
             await self._outbox.delivered(delivery)
             return
         if status:
@@ -146,12 +154,17 @@ class WebhookSender:
             await self._disable(delivery)
             return
         if delivery.attempts >= self._settings.webhook_max_attempts:
-            await self._outbox.bury(delivery)
+            await self._bury(delivery)
             return
         pause = self._backoff(delivery.attempts)
         if wait is not None and status in (429, 503):
             pause = max(pause, wait)
+        self._metrics.delivered("webhook", "retried")
         await self._outbox.retry_at(delivery, now_ms() + int(pause * 1000))
+
+    async def _bury(self, delivery: Delivery) -> None:
+        self._metrics.delivered("webhook", "dead_lettered")
+        await self._outbox.bury(delivery)
 
     def _backoff(self, attempts: int) -> float:
         settings = self._settings
@@ -165,4 +178,4 @@ class WebhookSender:
             if endpoint is not None:
                 endpoint.disabled, endpoint.disabled_reason = True, "the receiver answered 410"
                 await self._outbox.save_endpoint(delivery.tenant, endpoint)
-        await self._outbox.bury(delivery)
+        await self._bury(delivery)

@@ -163,6 +163,7 @@ class DeltaBatcher:
         self._soon = asyncio.Event()
         self._flushed = asyncio.Event()
         self.flushes = 0
+        self.fenced = 0  # batches refused: the writer's lease had passed to another worker
         self.max_pending_seen = 0
 
     @property
@@ -253,6 +254,7 @@ class DeltaBatcher:
             if isinstance(appended, Exception):
                 log.warning("a token delta was refused: %s", appended)
             elif appended == 0:
+                self.fenced += 1
                 writer.lease.mark_lost()
             elif appended == 2:
                 writer.lease.stop()

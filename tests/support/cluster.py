@@ -59,6 +59,7 @@ class Cluster:
         self.api: subprocess.Popen[bytes] | None = None
         self.api_procs: list[subprocess.Popen[bytes]] = []
         self.worker_procs: list[subprocess.Popen[bytes]] = []
+        self.worker_metrics: dict[str, str] = {}  # worker name -> its /metrics base URL
         self._env = {
             **os.environ,
             **settings_env(settings),
@@ -76,10 +77,14 @@ class Cluster:
         return [f"http://127.0.0.1:{port}" for port in self.ports]
 
     def spawn_worker(self, name: str) -> subprocess.Popen[bytes]:
+        """Start a worker named ``name``, serving its metrics on a free port of its own."""
+        port = free_port()
+        env = {**self._env, "CHATLANE_WORKER_METRICS_PORT": str(port)}
         proc = spawn(
-            worker_command("-n", f"{name}@%h"), self._env, log=self.logs / f"{name}.log", cwd=ROOT
+            worker_command("-n", f"{name}@%h"), env, log=self.logs / f"{name}.log", cwd=ROOT
         )
         self.worker_procs.append(proc)
+        self.worker_metrics[name] = f"http://127.0.0.1:{port}"
         return proc
 
     def start_worker(self, name: str) -> subprocess.Popen[bytes]:
