@@ -10,6 +10,11 @@ it makes every word carry its send time (``w<i>@<unix ms>``) for latency probes.
 Scripted behaviours (in order, one per request, then normal replies): ``("status",
 code, retry_after)``, ``("drop_after", k)`` (close the connection after k tokens),
 ``("stall_after", k)`` (send k tokens, then nothing until the client gives up).
+A message can script its own faults, whatever else is in flight: ``fault=<f>`` (``429``,
+``500``, ``drop`` after 3 tokens, ``stall`` after 3 tokens) is applied to the first
+``faults=N`` requests (default 1) whose latest user message is that message.
+``on_request`` (if set) is called with each request's messages and the client's address,
+on the server's thread, before it is answered.
 
     python -m tests.support.streaming_server --port 0 --tokens 200 --interval 0.05
 """
@@ -23,6 +28,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +36,13 @@ import orjson
 
 Behaviour = tuple[Any, ...]
 _DIRECTIVE = re.compile(r"\b(tokens|interval|first)=([0-9.]+)")
+_FAULT = re.compile(r"\bfault=(429|500|drop|stall)\b(?:.*\bfaults=(\d+))?")
+_FAULTS: dict[str, Behaviour] = {
+    "429": ("status", 429, 1),
+    "500": ("status", 500, None),
+    "drop": ("drop_after", 3),
+    "stall": ("stall_after", 3),
+}
 
 
 @dataclass
@@ -85,6 +98,8 @@ class StreamingModelServer:
         self.first_token_s = first_token_s
         self.stats = StreamStats()
         self.script: list[Behaviour] = []
+        self.on_request: Callable[[list[dict[str, Any]], Any], None] | None = None
+        self._faulted: Counter[str] = Counter()
         self._port = port
         self._guard = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -209,7 +224,18 @@ class StreamingModelServer:
         self, request: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> bool:
         stats = self.stats
+        messages = request.get("messages", [])
+        last = next(
+            (str(m.get("content", "")) for m in reversed(messages) if m.get("role") == "user"), ""
+        )
+        if self.on_request is not None:
+            self.on_request(messages, writer.get_extra_info("peername"))
         behaviour = self._next_behaviour()
+        if (fault := _FAULT.search(last)) is not None:
+            with self._guard:
+                self._faulted[last] += 1
+                if self._faulted[last] <= int(fault.group(2) or 1):
+                    behaviour = _FAULTS[fault.group(1)]
         if behaviour[0] == "status":
             body = orjson.dumps({"error": {"message": "scripted failure", "type": "test"}})
             headers = {"content-type": "application/json", "content-length": str(len(body))}
@@ -219,10 +245,6 @@ class StreamingModelServer:
             await writer.drain()
             stats.statuses[int(behaviour[1])] += 1
             return True
-        messages = request.get("messages", [])
-        last = next(
-            (str(m.get("content", "")) for m in reversed(messages) if m.get("role") == "user"), ""
-        )
         tokens, interval, first = self.tokens, self.interval_s, self.first_token_s
         for name, value in _DIRECTIVE.findall(last):
             if name == "tokens":
