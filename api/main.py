@@ -16,6 +16,7 @@ from api.metrics import ApiMetrics, MetricsMiddleware
 from api.routes import (
     channel_webhooks,
     channels,
+    dead_turns,
     defaults,
     events,
     health,
@@ -32,6 +33,7 @@ from shared.quotas import Quotas
 from shared.redis import async_client, check_eviction_policy, pubsub_client
 from shared.settings import Settings
 from shared.store import EventHub, SessionStore
+from shared.store.dead_turns import DeadTurns
 from shared.store.defaults import TenantDefaults
 from shared.store.outbox import Outbox
 from shared.wakeup import open_wake_ups
@@ -105,6 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                         keyring=KeyRing(client, settings.key_prefix),
                         quotas=Quotas(client, settings),
                         defaults=TenantDefaults(client, settings.key_prefix),
+                        dead_turns=DeadTurns(client, settings.key_prefix),
                         eviction_checked=checked,
                     )
                     await announce_access(app.state.chatlane)
@@ -137,6 +140,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if allowed_origins:
         app.add_middleware(cors.ProblemCORS, allow_origins=allowed_origins)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.include_router(dead_turns.router)
     app.include_router(turns.router)
     app.include_router(sessions.router)
     app.include_router(events.router)

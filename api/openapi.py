@@ -133,6 +133,7 @@ SESSION_NOT_FOUND = Answer(
 )
 TURN_NOT_FOUND = Answer(404, ("turn-not-found",), "no such turn in this session.")
 NOT_FOUND = Answer(404, ("not-found",), "no such webhook endpoint or dead letter.")
+NO_DEAD_TURN = Answer(404, ("not-found",), "no such dead turn.")
 HISTORY_FULL = Answer(
     409,
     ("history-full",),

@@ -11,6 +11,7 @@ from shared.apikeys import KeyRing
 from shared.quotas import Quotas
 from shared.settings import Settings
 from shared.store import EventHub, SessionStore
+from shared.store.dead_turns import DeadTurns
 from shared.store.defaults import TenantDefaults
 from shared.store.outbox import Outbox
 from shared.wakeup import WakeUps
@@ -29,6 +30,7 @@ class AppState:
     keyring: KeyRing
     quotas: Quotas
     defaults: TenantDefaults
+    dead_turns: DeadTurns
     eviction_checked: bool = False
 
 

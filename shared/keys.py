@@ -199,6 +199,14 @@ class GlobalKeys:
         """Sorted set: a tenant's dead reply ids scored by when they died (ms)."""
         return f"{self.prefix}:replies:dead:{tenant}:index"
 
+    def turn_dead_letters(self, tenant: str) -> str:
+        """Hash: a tenant's poison turns, failed because workers died on them (id -> JSON)."""
+        return f"{self.prefix}:turns:dead:{tenant}"
+
+    def turn_dead_index(self, tenant: str) -> str:
+        """Sorted set: a tenant's poison turn ids scored by when they failed (ms)."""
+        return f"{self.prefix}:turns:dead:{tenant}:index"
+
     def endpoints(self, tenant: str) -> str:
         """Hash: a tenant's webhook endpoints (id -> JSON) and its signing secrets."""
         return f"{self.prefix}:webhooks:{tenant}"

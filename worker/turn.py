@@ -39,6 +39,7 @@ from shared.store import (
     Turn,
 )
 from shared.store import history as docs
+from shared.store.dead_turns import DeadTurns
 from shared.store.outbox import EventName, Outbox
 from worker.metrics import WorkerMetrics
 from worker.model import ModelSource, call_model
@@ -151,7 +152,7 @@ async def _drain(
                         refused, released = head.turn.id, False  # read the head again
                 else:
                     committed += len(head.group)
-                    _count_commit(rt.metrics, outcome)
+                    await _committed(rt, keys.tenant, head, outcome)
                     await settle_tokens(rt, keys.tenant, head, outcome)
                     if webhook:
                         await rt.outbox.note(keys)
@@ -266,12 +267,19 @@ async def settle_tokens(rt: Runtime, tenant: str, head: Head, outcome: Outcome) 
         log.warning("token budget of %s not settled for %s", tenant, head.turn.id, exc_info=True)
 
 
-def _count_commit(metrics: WorkerMetrics, outcome: Outcome) -> None:
+async def _committed(rt: Runtime, tenant: str, head: Head, outcome: Outcome) -> None:
+    """Count a commit; list a poison turn among its tenant's dead letters."""
+    metrics = rt.metrics
     metrics.commits.labels("ok").inc()
     reason = (outcome.error or {}).get("code", "") if outcome.status == "failed" else ""
     metrics.turns.labels(outcome.status, reason).inc()
     if reason == ATTEMPTS_EXHAUSTED:
         metrics.dead_turns.inc()
+        dead = DeadTurns(rt.store.client, rt.settings.key_prefix)
+        try:
+            await dead.bury(tenant, head.turn, outcome.error)
+        except RedisError:
+            log.warning("poison turn %s failed but not listed", head.turn.id, exc_info=True)
 
 
 def _failed(code: str, message: str) -> Outcome:
