@@ -143,6 +143,7 @@ async def _take(state: AppState, endpoint: ChannelEndpoint, message: Message) ->
         via=message.via,
         message=message.id,
     )
+    announce = await state.outbox.subscribed(endpoint.tenant, "turn.cancelled")
     try:
         submitted = await submit(
             state.store,
@@ -154,6 +155,7 @@ async def _take(state: AppState, endpoint: ChannelEndpoint, message: Message) ->
             debounce_s=endpoint.debounce_s,
             channel=route,
             idempotency_ttl_s=state.settings.session_ttl_s,
+            announce_cancel=announce,
         )
     except (IdempotencyConflict, SessionActive) as dropped:
         # The same message id with other settings (the endpoint changed meanwhile) is

@@ -350,3 +350,36 @@ def test_a_message_sent_longer_ago_than_ids_are_remembered_is_dropped_as_stale(
     answer = api.post(made["webhook_url"], **telegram_request(recent, secret_token="tok").kwargs())
     assert answer.status_code == 200
     assert api.get(f"/v1/sessions/telegram:{made['id']}:77").status_code == 200
+
+
+def test_a_chat_message_that_interrupts_another_announces_its_cancellation(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(channel_allow_private=True, webhook_allow_private=True)
+    with TestClient(create_app(settings), raise_server_exceptions=False, client=LOCAL) as api:
+        _interrupt_announced(api, settings)
+
+
+def _interrupt_announced(api: TestClient, settings: Settings) -> None:
+    hook = api.post(
+        "/v1/webhooks/endpoints",
+        json={"url": "http://127.0.0.1:9/hook", "events": ["turn.cancelled"]},
+    )
+    assert hook.status_code == 201, hook.text
+    made = make(api, "telegram", credentials={"bot_token": "1", "secret_token": "s3cret"},
+                strategy="interrupt")  # fmt: skip
+    for text in ("first", "second"):
+        update = telegram_text_message(chat_id=42, text=text)
+        answer = api.post(
+            made["webhook_url"], **telegram_request(update, secret_token="s3cret").kwargs()
+        )
+        assert answer.status_code == 200, answer.text
+    session = f"telegram:{made['id']}:42"
+    first = api.get(f"/v1/sessions/{session}/turns").json()["data"][0]
+    assert first["status"] == "cancelled" and first["cancellation"]["reason"] == "interrupted"
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    try:
+        outbox = client.lrange(SessionKeys(settings.key_prefix, "default", session).outbox, 0, -1)
+    finally:
+        client.close()
+    assert any('"turn.cancelled"' in m and first["id"] in m for m in outbox), outbox
