@@ -11,12 +11,15 @@ a network error, a timeout or a ``5xx`` is tried again after an exponential back
 jitter; an answer that retrying cannot change (a revoked token, a chat that is gone), or
 ``CHATLANE_CHANNEL_MAX_ATTEMPTS`` failures, makes the reply a dead letter and the chat's
 next reply goes on. A worker that dies mid-send leaves its claim to run out: the reply
-is sent again (at least once).
+is sent again (at least once). Each send runs as a task of its own, up to ``IN_FLIGHT``
+at once: a platform that is slow to answer holds up its own chats, never the sender's
+next pass (every other bot's replies).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from typing import Any
 
@@ -39,6 +42,8 @@ BATCH = 100
 IN_FLIGHT = 64
 POLL_S = 0.25
 
+log = logging.getLogger(__name__)
+
 
 class ReplySender:
     """Sends the replies every chat is owed; ``wake`` when some were queued."""
@@ -59,6 +64,8 @@ class ReplySender:
         self._limiter = SlidingWindowCounterRateLimiter(storage)
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(IN_FLIGHT)
+        self._serving: set[asyncio.Task[None]] = set()
+        self._full = False  # the last pass filled every place: a send ending wakes it
         self._session: aiohttp.ClientSession | None = None
         self.sent = 0
 
@@ -73,17 +80,36 @@ class ReplySender:
         try:
             await keep_passing(self._pass, self._wake, POLL_S, "sending replies")
         finally:
+            for task in self._serving:
+                task.cancel()
+            await asyncio.gather(*self._serving, return_exceptions=True)
             await self._session.close()
 
     async def _pass(self) -> bool:
-        return await self.once() == BATCH
+        await self.once()
+        return False
 
     async def once(self) -> int:
-        """Send the head of every due lane (one claim's worth); returns how many lanes."""
+        """Start sending the head of as many due lanes as there are free places for;
+        returns how many lanes (their sends finish in the background)."""
+        room = min(BATCH, IN_FLIGHT - len(self._serving))
+        if room <= 0:
+            return 0
         lease_ms = int((self._settings.channel_timeout_s * 2 + 30) * 1000)
-        claimed = await self._lane.claim(BATCH, lease_ms)
-        await asyncio.gather(*(self._serve(keys, claim) for keys, claim in claimed))
+        claimed = await self._lane.claim(room, lease_ms)
+        self._full = len(claimed) == room
+        for keys, claim in claimed:
+            task = asyncio.create_task(self._serve(keys, claim))
+            self._serving.add(task)
+            task.add_done_callback(self._done)
         return len(claimed)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._serving.discard(task)
+        if self._full:  # lanes may be waiting for this place
+            self._wake.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("sending a reply failed", exc_info=task.exception())
 
     async def _serve(self, keys: SessionKeys, claimed: str) -> None:
         async with self._slots:
@@ -139,6 +165,7 @@ class ReplySender:
             await self._bury(keys, reply, reply.last_error)
             return
         if result is not None and result.retry_after_s is not None:
+            self._metrics.delivered("reply", "retried")  # not an attempt, but a retry
             await self._lane.pause(endpoint_id, result.retry_after_s)
             await self._lane.later(keys, reply, now_ms() + int(result.retry_after_s * 1000))
             return

@@ -71,6 +71,12 @@ class Parsed:
     answer: Answer = field(default_factory=Answer)
 
 
+REPLY_ID_HEADER = "x-chatlane-reply-id"
+"""Sent with every call that delivers a reply, the same on each attempt of one reply: on
+the platform's side (a proxy, a log, a test's fake) a resend tells itself apart from a
+second reply. The platforms ignore it."""
+
+
 @dataclass(frozen=True, slots=True)
 class Call:
     """One HTTP request to a platform's API: a JSON body, or a form."""

@@ -262,6 +262,7 @@ class Send:
     text: str
     thread: str | None = None
     sender: str | None = None
+    reply_id: str | None = None  # a resend of one reply keeps it: at least once
 
 
 @dataclass
@@ -289,7 +290,7 @@ def send_of(sent: Sent | Send | tuple[str, str]) -> Send:
     if isinstance(sent, Send):
         return sent
     if isinstance(sent, Sent):
-        return Send(sent.chat, sent.text, sent.thread, sent.sender)
+        return Send(sent.chat, sent.text, sent.thread, sent.sender, sent.reply_id or None)
     return Send(sent[0], sent[1])
 
 
@@ -637,7 +638,11 @@ def _check_replies(
         text = _reply_text(ledger, entry.channel, view)
         for part in _parts(ledger, entry.channel.endpoint_id, text or ""):
             owed[(where, part)].append(view.id)
-    got = Counter((_where_of_send(ledger, s), s.text) for s in sends)
+    resent = {s.reply_id for s in sends if s.reply_id}
+    once = [s for s in sends if not s.reply_id] + [
+        next(s for s in sends if s.reply_id == reply_id) for reply_id in sorted(resent)
+    ]  # a reply sent again (its sender died before noting it was sent) is still one reply
+    got = Counter((_where_of_send(ledger, s), s.text) for s in once)
     found: list[Violation] = []
     for (where, text), turns in owed.items():
         n, want = got[(where, text)], len(turns)

@@ -39,6 +39,8 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
+from shared.channels.platform import REPLY_ID_HEADER
+
 Platform = Literal["telegram", "slack", "twilio", "whatsapp"]
 PLATFORMS: tuple[Platform, ...] = ("telegram", "slack", "twilio", "whatsapp")
 
@@ -86,6 +88,7 @@ class Sent:
     at: float
     message_id: str = ""
     payload: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    reply_id: str = ""  # chatlane's id of the reply (a resend of one reply keeps it)
 
 
 @dataclass(frozen=True)
@@ -455,6 +458,7 @@ class PlatformsFake:
             if thread not in (None, ""):
                 result["message_thread_id"] = _int_if_digits(thread)
             sent = Sent(
+                reply_id=request.headers.get(REPLY_ID_HEADER, ""),
                 platform="telegram",
                 chat=str(chat_id),
                 thread=None if thread in (None, "") else str(thread),
@@ -514,6 +518,7 @@ class PlatformsFake:
             if thread_ts:
                 message["thread_ts"] = str(thread_ts)
             sent = Sent(
+                reply_id=request.headers.get(REPLY_ID_HEADER, ""),
                 platform="slack",
                 chat=str(channel),
                 thread=str(thread_ts) if thread_ts else None,
@@ -603,6 +608,7 @@ class PlatformsFake:
                 "uri": f"/2010-04-01/Accounts/{account}/Messages/{sid}.json",
             }
             sent = Sent(
+                reply_id=request.headers.get(REPLY_ID_HEADER, ""),
                 platform="twilio",
                 chat=to,
                 thread=None,
@@ -672,6 +678,7 @@ class PlatformsFake:
                 "messages": [{"id": wamid}],
             }
             sent = Sent(
+                reply_id=request.headers.get(REPLY_ID_HEADER, ""),
                 platform="whatsapp",
                 chat=to,
                 thread=None,

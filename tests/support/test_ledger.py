@@ -423,3 +423,12 @@ def test_observe_end_reads_what_redis_and_the_receivers_hold(
         "webhook_missing": 1,  # g3's own webhook: its delivery left out
         "reply_missing": 2,  # no sends passed
     }, report(found)
+
+
+def test_one_reply_sent_again_after_its_sender_died_is_one_reply_two_are_a_duplicate() -> None:
+    w = world()
+    w.end.sends[0] = replace(w.end.sends[0], reply_id="telegram:1:1")
+    w.end.sends.append(w.end.sends[0])  # the same reply, resent: at least once
+    assert check(w.ledger, w.end) == []
+    w.end.sends.append(replace(w.end.sends[0], reply_id="telegram:2:1"))  # a second reply
+    assert set(counts(check(w.ledger, w.end))) == {"reply_duplicated"}
