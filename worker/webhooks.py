@@ -7,11 +7,15 @@ the response it reads. Redirects are failures and never followed. A delivery tha
 is tried again after an exponential backoff with jitter (or the receiver's
 ``Retry-After``, if longer); after ``CHATLANE_WEBHOOK_MAX_ATTEMPTS`` it becomes a dead
 letter, which can be listed and replayed over the API. A ``410`` disables the endpoint.
+Each send runs as a task of its own, up to ``IN_FLIGHT`` at once: a receiver that is slow
+to answer holds up its own delivery, never the sender's next pass (every other tenant's
+deliveries, and the outboxes that become chat replies).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import Callable
 
@@ -32,6 +36,8 @@ BATCH = 100
 IN_FLIGHT = 64
 POLL_S = 0.5
 
+log = logging.getLogger(__name__)
+
 
 class WebhookSender:
     """Delivers this deployment's webhooks (at least once); ``wake`` after a commit."""
@@ -49,7 +55,10 @@ class WebhookSender:
         self._settings = settings
         self._replies_due = replies_due
         self._wake = asyncio.Event()
-        self._slots = asyncio.Semaphore(IN_FLIGHT)
+        self._slots = asyncio.Semaphore(IN_FLIGHT)  # sends
+        self._expanding = asyncio.Semaphore(IN_FLIGHT)
+        self._sending: set[asyncio.Task[None]] = set()
+        self._full = False  # the last pass filled every place: a send ending wakes it
         self._session: aiohttp.ClientSession | None = None
         self.sent = 0
 
@@ -64,6 +73,9 @@ class WebhookSender:
         try:
             await keep_passing(self._pass, self._wake, POLL_S, "webhook sending")
         finally:
+            for task in self._sending:
+                task.cancel()
+            await asyncio.gather(*self._sending, return_exceptions=True)
             await self._session.close()
 
     async def _pass(self) -> bool:
@@ -71,19 +83,34 @@ class WebhookSender:
         return False
 
     async def once(self) -> int:
-        """Expand due outboxes, then send due deliveries; returns how many were tried."""
+        """Expand due outboxes, then start sending as many due deliveries as there are
+        free places for; returns how many were started (they finish in the background)."""
         outbox = self._outbox
         claimed = await outbox.claim_sessions(BATCH, SESSION_LEASE_MS)
         await asyncio.gather(*(self._expand(member, score) for member, score in claimed))
+        room = min(BATCH, IN_FLIGHT - len(self._sending))
+        if room <= 0:
+            return 0
         lease_ms = int((self._settings.webhook_timeout_s * 2 + 30) * 1000)
-        deliveries = await outbox.claim_deliveries(BATCH, lease_ms)
-        await asyncio.gather(*(self._send(d) for d in deliveries))
+        deliveries = await outbox.claim_deliveries(room, lease_ms)
+        self._full = len(deliveries) == room
+        for delivery in deliveries:
+            task = asyncio.create_task(self._send(delivery))
+            self._sending.add(task)
+            task.add_done_callback(self._done)
         return len(deliveries)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._sending.discard(task)
+        if self._full:  # deliveries may be waiting for this place
+            self._wake.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("sending a webhook failed", exc_info=task.exception())
 
     async def _expand(self, member: str, claimed: str) -> None:
         """One session's outbox into deliveries and chat replies (sessions are expanded
         side by side: each is a few round trips, and a reply waits for its own only)."""
-        async with self._slots:
+        async with self._expanding:
             if await self._outbox.expand(member, claimed):
                 self._replies_due()  # those messages may have queued chat replies
 
