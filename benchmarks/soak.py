@@ -68,6 +68,7 @@ class Config:
     interval_s: float = 0.01
     pause_s: float = 1.5
     seed: int = 1
+    chaos: bool = True  # False: the same load with no fault (the baseline)
 
 
 @dataclass
@@ -114,6 +115,8 @@ class Chaos:
         names = itertools.count(self.config.workers + 1)
         while (now := time.monotonic()) < started + self.config.duration_s:
             time.sleep(0.5)
+            if not self.config.chaos:
+                continue
             self._flap(now - started)
             if self.crashed_at is None and now >= restart_at:
                 self._restart_redis()
@@ -440,12 +443,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--interval", type=float, default=0.01)
     parser.add_argument("--pause", type=float, default=1.5, help="s between a user's messages")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--calm", action="store_true", help="the same load, no faults")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     config = Config(
         duration_s=args.duration, tenants=args.tenants, users_per_tenant=args.users,
         workers=args.workers, kill_every_s=args.kill_every, tokens=args.tokens,
-        interval_s=args.interval, pause_s=args.pause, seed=args.seed,
+        interval_s=args.interval, pause_s=args.pause, seed=args.seed, chaos=not args.calm,
     )  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="chatlane-soak-") as tmp:
         result = run(config, Path(tmp))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.redis import celery_ssl, celery_url
+from shared.redis import COMMAND_TIMEOUT_S, CONNECT_TIMEOUT_S, celery_ssl, celery_url
 from shared.settings import Settings
 
 # INFO lines logged per task ("received", "succeeded") and per model request (httpx): at
@@ -17,6 +17,16 @@ QUIET_LOGGERS = ("celery.app.trace", "celery.worker.strategy", "httpx", "httpx2"
 # them at once; a few threads keep up, and while the engine is full they hold no more than
 # these few wake-ups back from other workers.
 HANDOFF_THREADS = 4
+
+
+# kombu's Redis connections have no socket timeout of their own: a connection a network
+# fault left dead (no reset ever arrives) blocked the consumer for good, and its health
+# check runs every 25 s. Bounded like every other Redis command of chatlane's.
+_REDIS_BROKER_TIMEOUTS = {
+    "socket_timeout": COMMAND_TIMEOUT_S,
+    "socket_connect_timeout": CONNECT_TIMEOUT_S,
+    "health_check_interval": 2,
+}
 
 
 def celery_config(settings: Settings, *, concurrency: int = HANDOFF_THREADS) -> dict[str, Any]:
@@ -45,7 +55,10 @@ def celery_config(settings: Settings, *, concurrency: int = HANDOFF_THREADS) -> 
         # With acks_late every in-flight task acks over the pool: size it to the concurrency.
         "broker_pool_limit": concurrency + 8,
         "broker_connection_retry_on_startup": True,
-        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout_s},
+        "broker_transport_options": {
+            "visibility_timeout": settings.visibility_timeout_s,
+            **(_REDIS_BROKER_TIMEOUTS if broker.startswith("redis") else {}),
+        },
         "task_serializer": "json",
         "accept_content": ["json"],
         "worker_send_task_events": False,

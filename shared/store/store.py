@@ -379,8 +379,8 @@ class SessionStore:
     ) -> Callable[[str], bytes]:
         """``append_delta`` of one turn, packed for ``send_packed`` from the event's data
         (its reply: 1 appended, 0 not the lock holder, 2 the attempt begun in stop
-        ``generation`` was stopped). ``kind``: ``delta``, or ``reset`` (a try's text is
-        abandoned)."""
+        ``generation`` was stopped, 3 the turn was committed already). ``kind``:
+        ``delta``, or ``reset`` (a try's text is abandoned)."""
         fixed = {
             "token": token,
             "generation": generation,
@@ -388,7 +388,9 @@ class SessionStore:
             "type": kind,
             "channel": keys.channel,
         }
-        return self.scripts.delta.packer([keys.lock, keys.events, keys.meta], fixed, "data")
+        return self.scripts.delta.packer(
+            [keys.lock, keys.events, keys.meta, keys.mailbox], fixed, "data"
+        )
 
     async def renew(self, leases: Sequence[tuple[SessionKeys, str, int]]) -> list[int]:
         """Extend every ``(keys, token, generation)`` lease in one pipelined round trip:

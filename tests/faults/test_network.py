@@ -10,9 +10,9 @@ exactly once in history (the ledger checker), within a bound derived from the se
 so that a hang fails the test. One cluster serves the module (its boot would otherwise
 be most of each test); each test has sessions of its own and lifts its faults.
 
-The broker's side of dead connections has a cluster of its own and a strict ``xfail``
-(``-m slow``): a Celery consumer left on a dead broker connection never takes a wake-up
-again until kombu is given socket timeouts.
+The broker's side of dead connections has a cluster of its own: a Celery
+consumer left on a dead broker connection takes wake-ups again once kombu's socket
+timeout and health check find it dead.
 """
 
 from __future__ import annotations
@@ -415,15 +415,6 @@ def test_a_model_blackholed_past_the_retry_budget_fails_its_turns_with_a_reason_
 # -- worker <-> broker, with its own cluster -------------------------------------------
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "the Celery consumer waits forever on a dead broker connection: kombu's Redis "
-        "transport has no socket timeout unless broker_transport_options gives one (its "
-        "worker heartbeat PUBLISH then blocks the consumer's loop; seen here 90 s and on)"
-    ),
-)
 def test_a_worker_whose_broker_connections_a_blackhole_left_dead_takes_wake_ups_again(
     fault_settings: Callable[..., Settings],
     streaming_model: StreamingModelServer,
@@ -432,7 +423,7 @@ def test_a_worker_whose_broker_connections_a_blackhole_left_dead_takes_wake_ups_
     """As above, on the broker side: the worker's Celery connections are left dead and new
     ones work. A wake-up must reach a worker again within the socket timeouts (kombu's
     synchronous commands, each bounded by one, and its check of an overdue BRPOP) plus
-    the recovery bound; today the worker never consumes again."""
+    the recovery bound."""
     s = fault_settings(**NETWORK_SETTINGS)
     target = urlsplit(s.redis_url)
     with FaultProxy(target.hostname or "127.0.0.1", target.port or 6379) as broker:

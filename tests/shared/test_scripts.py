@@ -10,7 +10,8 @@ import pytest
 import redis
 
 from shared.keys import SessionKeys
-from shared.store import SessionStore
+from shared.store import Outcome, SessionStore
+from shared.store import history as docs
 from shared.store.scripts import NAMES, source
 
 # Commands whose first argument is a key (every one the scripts use).
@@ -118,3 +119,21 @@ def test_a_packer_packs_exactly_what_pack_does() -> None:
     pack = script.packer(["k1", "k2"], fixed, "data")
     for value in ("", "plain", 'quo"te \\ and é and \n'):
         assert pack(value) == script.pack(["k1", "k2"], {**fixed, "data": value})
+
+
+async def test_a_delta_of_a_turn_already_committed_is_refused_though_the_lock_is_still_held(
+    store: SessionStore, client: redis.Redis, keys: SessionKeys
+) -> None:
+    first = (await store.accept(keys, input_doc={"content": "one"})).turn_id
+    await store.accept(keys, input_doc={"content": "two"})  # the lock stays with the worker
+    head = await store.begin(keys, "tok")
+    assert head is not None and head.turn.id == first
+    late = store.delta_packer(keys, "tok", first, generation=head.generation)
+    assert await store.send_packed([late(store.delta_data(1, 0, "on time"))]) == [1]
+    said = (docs.user_doc("one", turn_id=first), docs.assistant_doc("ok", turn_id=first))
+    await store.commit(keys, "tok", head, Outcome(status="completed", output={"content": "ok"},
+                                                  messages=said))  # fmt: skip
+    # A batch that failed during a network fault, sent again after the commit:
+    assert await store.send_packed([late(store.delta_data(1, 0, "too late"))]) == [3]
+    types = [f["type"] for _, f in client.xrange(keys.events) if f["turn"] == first]
+    assert types[-1] == "final"

@@ -18,6 +18,7 @@ from shared.errors import CommitRejected
 from shared.keys import SessionKeys
 from shared.settings import Settings
 from shared.store import SessionStore, Turn
+from shared.store.dead_turns import DeadTurns
 from tests.support.polling import eventually
 from tests.worker.conftest import RuntimeFactory
 from worker.turn import drain_session
@@ -222,6 +223,9 @@ async def test_a_turn_started_too_many_times_is_failed_instead_of_retried_foreve
     turn = _turn(client, keys, turn_id)
     assert turn.status == "failed"
     assert turn.error is not None and turn.error.code == "attempts_exhausted"
+    dead, more = await DeadTurns(rt.store.client, settings.key_prefix).page("default", limit=5)
+    assert [(d.turn_id, d.session_id, d.attempts) for d in dead] == [(turn_id, "poison", 3)]
+    assert not more and rt.metrics.dead_turns._value.get() == 1
 
 
 async def test_a_model_that_cannot_be_built_fails_each_turn_with_the_reason(
