@@ -157,13 +157,22 @@ class Heartbeat:
         attempt was stopped (a stop notice this process missed)."""
         leases = list(self._leases)
         generations = [lease.generation for lease in leases]
+        ttl = self._store.settings.lock_ttl_s
+        # An answer that comes after the leases ran out is no use: wait no longer than that
+        # (a connection a network fault left silent would otherwise hold the beat for the
+        # socket timeout, while the model calls ran on past their leases).
+        left = max(0.05, self._last_renewal + ttl - time.monotonic())
         try:
-            renewed = await self._store.renew(
-                [(lease.keys, lease.token, g) for lease, g in zip(leases, generations, strict=True)]
-            )
+            async with asyncio.timeout(left):
+                renewed = await self._store.renew(
+                    [
+                        (lease.keys, lease.token, g)
+                        for lease, g in zip(leases, generations, strict=True)
+                    ]
+                )
         except Exception:  # a Redis outage must not end the heartbeat
             log.warning("lease renewal failed; retrying next beat", exc_info=True)
-            if time.monotonic() - self._last_renewal > self._store.settings.lock_ttl_s:
+            if time.monotonic() - self._last_renewal >= ttl:
                 for lease in leases:
                     lease.mark_lost()
             return
