@@ -24,8 +24,16 @@ import httpx
 import openai
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
+from redis.exceptions import RedisError
 
-from shared.errors import ModelError, ModelGaveUp, ModelUnavailable, TransientModelError
+from shared.errors import (
+    LockLost,
+    ModelError,
+    ModelGaveUp,
+    ModelUnavailable,
+    TransientModelError,
+    TurnStopped,
+)
 from shared.retry_after import retry_after_s
 from shared.settings import Settings
 from worker.echo import EchoChatModel
@@ -201,8 +209,8 @@ async def call_model(
                 raise ModelGaveUp("deadline_exceeded", "the turn deadline passed") from exc
             transient = classify(exc)
             assert transient is not None
-        except ModelGaveUp:
-            raise
+        except (ModelGaveUp, LockLost, TurnStopped, RedisError):
+            raise  # ours, or what writing the deltas met: not the model's failure
         except Exception as exc:
             found = classify(exc)
             if found is None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -10,11 +11,16 @@ from typing import Any
 
 import pytest
 import redis
+from langchain_core.messages import HumanMessage
+from redis.exceptions import ConnectionError as RedisConnectionError
 
+from shared.errors import LockLost, TurnStopped
 from shared.settings import Settings
 from shared.store import Turn
 from tests.support.openai_server import Behaviour, ModelServer
 from tests.worker.conftest import RuntimeFactory
+from worker.echo import EchoChatModel
+from worker.model import call_model
 from worker.turn import DrainReport, drain_session
 
 
@@ -132,3 +138,23 @@ async def test_the_turn_deadline_fails_a_turn_whose_retries_would_overrun_it(
     assert turn.error is not None
     assert turn.error.code == "deadline_exceeded"
     assert time.monotonic() - started < 5
+
+
+async def test_what_writing_the_deltas_meets_is_not_taken_for_a_model_failure(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings()
+    for met in (LockLost("gone"), TurnStopped("stopped"), RedisConnectionError("down")):
+
+        async def on_delta(_: str, met: Exception = met) -> None:
+            raise met
+
+        with pytest.raises(type(met)):
+            await call_model(
+                EchoChatModel(),
+                [HumanMessage(content="hi")],
+                settings=settings,
+                deadline=asyncio.get_running_loop().time() + 5,
+                on_delta=on_delta,
+                on_retry=lambda: None,
+            )
