@@ -24,6 +24,7 @@ from tests.support.cluster import Cluster
 from tests.support.faults import metrics_of, settle, verdict, wait_for
 from tests.support.receiver import ReceiverThread
 from tests.support.store import accept
+from tests.support.streaming_server import StreamingModelServer
 from tests.support.traffic import Told, Traffic, User
 
 
@@ -161,3 +162,46 @@ def test_a_wake_up_redelivered_after_a_commit_whose_worker_died_commits_and_send
     record = json.loads(client.hget(keys.turns, turn_id))  # type: ignore[arg-type]
     assert record["attempt"] == 1
     assert len({r.headers["webhook-id"] for r in hook.receiver.received}) == 1
+
+
+def test_a_worker_killed_with_hundreds_of_streaming_turns_has_each_redone_once_in_time(
+    fault_settings: Callable[..., Settings], client: redis.Redis, tmp_path: Path
+) -> None:
+    with StreamingModelServer(tokens=40, interval_s=0.05) as model:  # 2 s of streaming each
+        settings = fault_settings(
+            openai_base_url=model.base_url, lock_ttl_s=1.0, sweep_interval_s=0.3
+        )
+        tenant, sessions = settings.default_tenant, [f"h{i:03d}" for i in range(300)]
+        with Cluster(settings, tmp_path, workers=2, concurrency=400, api=False) as cluster:
+            said = {s: f"session={tenant}.{s} turn=0" for s in sessions}
+            told = [
+                Told(tenant, s, c, accept(settings, s, c), 1, "enqueue", 0.0)
+                for s, c in said.items()
+            ]
+            asyncio.run(_wake(settings, sessions))
+            assert wait_for(lambda: model.stats.open_streams >= 250, 30), model.stats
+            killed_at = time.time()
+            _kill(cluster.worker_procs[0])
+            settle(settings, told, timeout_s=60)
+    redone = []
+    for t in told:
+        keys = SessionKeys(settings.key_prefix, tenant, t.session)
+        record = json.loads(client.hget(keys.turns, t.turn_id))  # type: ignore[arg-type]
+        if record["attempt"] > 1:
+            redone.append(record["finished_at"] / 1000 - killed_at)
+    assert len(redone) >= 50, len(redone)  # the killed worker's share
+    # Lease TTL + sweep interval + one turn's time, and a margin for a busy 2-core machine:
+    bound = settings.lock_ttl_s + settings.sweep_interval_s + 2.0 + 5.0
+    assert max(redone) < bound, sorted(redone)[-5:]
+    assert verdict(settings, told) == []
+
+
+async def _wake(settings: Settings, sessions: list[str]) -> None:
+    aclient = async_client(settings.redis_url)
+    wake_ups = WakeUps(settings, aclient)
+    try:
+        for session in sessions:
+            await wake_ups.send(settings.default_tenant, session)
+    finally:
+        wake_ups.close()
+        await aclient.aclose()
