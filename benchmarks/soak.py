@@ -41,7 +41,8 @@ from shared.store.records import ChannelRoute
 from tests.support.checker import message_for
 from tests.support.cluster import Cluster
 from tests.support.faults import settle
-from tests.support.ledger import Ledger, check, counts, observe_end, report
+from tests.support.ledger import Ledger, observe_end
+from tests.support.ledger_check import check, counts, report
 from tests.support.platform_requests import (
     TELEGRAM_SECRET_TOKEN,
     telegram_request,

@@ -13,7 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shared.keys import SessionKeys
 from shared.settings import Settings
-from tests.support.ledger import Ledger, check, observe_end
+from tests.support.ledger import Ledger, observe_end
+from tests.support.ledger_check import check
 from tests.support.receiver import Received
 from tests.support.traffic import Told
 

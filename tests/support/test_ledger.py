@@ -25,11 +25,9 @@ from tests.support.ledger import (
     Prompt,
     Send,
     SessionKey,
-    check,
-    counts,
     observe_end,
-    report,
 )
+from tests.support.ledger_check import check, counts, report
 from tests.support.platforms import Sent
 from tests.support.receiver import Received
 from tests.support.turn_checker import NEVER, SessionRun, TurnView
