@@ -167,7 +167,7 @@ def test_a_wake_up_redelivered_after_a_commit_whose_worker_died_commits_and_send
 def test_a_worker_killed_with_hundreds_of_streaming_turns_has_each_redone_once_in_time(
     fault_settings: Callable[..., Settings], client: redis.Redis, tmp_path: Path
 ) -> None:
-    with StreamingModelServer(tokens=40, interval_s=0.05) as model:  # 2 s of streaming each
+    with StreamingModelServer(tokens=80, interval_s=0.05) as model:  # 4 s of streaming each
         settings = fault_settings(
             openai_base_url=model.base_url, lock_ttl_s=1.0, sweep_interval_s=0.3
         )
@@ -179,7 +179,7 @@ def test_a_worker_killed_with_hundreds_of_streaming_turns_has_each_redone_once_i
                 for s, c in said.items()
             ]
             asyncio.run(_wake(settings, sessions))
-            assert wait_for(lambda: model.stats.open_streams >= 250, 30), model.stats
+            assert wait_for(lambda: model.stats.open_streams >= 200, 30), model.stats
             killed_at = time.time()
             _kill(cluster.worker_procs[0])
             settle(settings, told, timeout_s=60)
@@ -191,7 +191,7 @@ def test_a_worker_killed_with_hundreds_of_streaming_turns_has_each_redone_once_i
             redone.append(record["finished_at"] / 1000 - killed_at)
     assert len(redone) >= 50, len(redone)  # the killed worker's share
     # Lease TTL + sweep interval + one turn's time, and a margin for a busy 2-core machine:
-    bound = settings.lock_ttl_s + settings.sweep_interval_s + 2.0 + 5.0
+    bound = settings.lock_ttl_s + settings.sweep_interval_s + 4.0 + 5.0
     assert max(redone) < bound, sorted(redone)[-5:]
     assert verdict(settings, told) == []
 
