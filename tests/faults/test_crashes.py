@@ -96,9 +96,13 @@ def test_wake_ups_dropped_duplicated_and_reordered_lose_and_double_nothing(
         idle = metrics_of(urls, "chatlane_drains_total", "empty") + metrics_of(
             urls, "chatlane_drains_total", "busy"
         )
+        refused = metrics_of(urls, "chatlane_commits_total", "duplicate") + metrics_of(
+            urls, "chatlane_commits_total", "out_of_order"
+        )
     assert verdict(settings, records) == []
     assert renudged >= len(sessions) // 2  # the unwoken half was found by the sweeper
     assert idle >= 1  # the duplicates found their session drained or busy: no second run
+    assert refused == 0  # and none got as far as a commit the script had to refuse
 
 
 def test_a_rolling_restart_of_every_worker_under_load_loses_nothing(

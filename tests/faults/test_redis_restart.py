@@ -15,7 +15,7 @@ import httpx
 from cli.redis_server import ManagedRedis
 from shared.settings import Settings
 from tests.support.cluster import Cluster
-from tests.support.faults import metric, settle, verdict
+from tests.support.faults import metric, metrics_of, settle, verdict
 from tests.support.traffic import Traffic, User
 
 FSYNC_WINDOW_S = 2.0  # appendfsync everysec: up to about two seconds of writes may be lost
@@ -59,5 +59,11 @@ def test_redis_killed_and_restarted_from_its_log_loses_no_turn_accepted_before_t
         after = http.post("/v1/sessions/after/turns?wait=20", json={"content": "still here"})
         assert after.status_code == 200 and after.json()["status"] == "completed", after.text
         assert metric(cluster.base_url, "chatlane_http_request_duration_seconds_count", "500") == 0
+        workers = list(cluster.worker_metrics.values())
+        # Oracles: no commit found its turn done already or out of order, and the turns the
+        # crash cut short were begun again (the sweeper or the next accept woke them).
+        for refused in ("duplicate", "out_of_order"):
+            assert metrics_of(workers, "chatlane_commits_total", refused) == 0
+        assert metrics_of(workers, "chatlane_commits_total", "ok") >= len(durable)
         http.close()
     assert problems == [], problems
