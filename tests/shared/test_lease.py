@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 from shared.redis import async_client
 from shared.settings import Settings
 from shared.store import Heartbeat, Lease, SessionStore
-from tests.support.proxy import StallingProxy
+from tests.support.proxy import FaultProxy
 
 
 async def test_a_renewal_redis_does_not_answer_gives_the_lease_up_when_it_runs_out(
@@ -18,7 +18,7 @@ async def test_a_renewal_redis_does_not_answer_gives_the_lease_up_when_it_runs_o
 ) -> None:
     settings = make_settings(lock_ttl_s=1.0)
     url = urlsplit(settings.redis_url)
-    with StallingProxy(url.hostname or "127.0.0.1", url.port or 6379) as proxy:
+    with FaultProxy(url.hostname or "127.0.0.1", url.port or 6379) as proxy:
         proxied = settings.model_copy(
             update={"redis_url": f"redis://127.0.0.1:{proxy.port}{url.path}"}
         )
@@ -33,12 +33,12 @@ async def test_a_renewal_redis_does_not_answer_gives_the_lease_up_when_it_runs_o
             async with heartbeat.keep(lease):
                 await heartbeat.beat()  # answered: renewed
                 assert not lease.lost.is_set()
-                proxy.hold()  # Redis goes silent; no reset ever comes
+                proxy.blackhole()  # Redis goes silent; no reset ever comes
                 started = time.monotonic()
                 await heartbeat.beat()
                 waited = time.monotonic() - started
             assert lease.lost.is_set()
             assert waited < proxied.lock_ttl_s + 0.5  # not the 10 s socket timeout
         finally:
-            proxy.release()
+            proxy.restore()
             await client.aclose()

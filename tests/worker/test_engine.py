@@ -20,7 +20,7 @@ from shared.settings import Settings
 from shared.store import DeltaBatcher, Heartbeat, SessionStore, Turn
 from shared.store.outbox import Outbox
 from tests.support.polling import eventually
-from tests.support.proxy import StallingProxy
+from tests.support.proxy import FaultProxy
 from tests.support.streaming_server import StreamingModelServer
 from tests.worker.conftest import RuntimeFactory
 from worker.model import ModelSource
@@ -87,7 +87,7 @@ async def test_a_redis_slow_to_answer_slows_the_stream_instead_of_growing_memory
 ) -> None:
     settings = make_settings(stream_flush_s=0.01)
     url = urlsplit(settings.redis_url)
-    with StallingProxy(url.hostname or "127.0.0.1", url.port or 6379) as proxy:
+    with FaultProxy(url.hostname or "127.0.0.1", url.port or 6379) as proxy:
         proxied = settings.model_copy(
             update={"redis_url": f"redis://127.0.0.1:{proxy.port}{url.path}"}
         )
@@ -110,12 +110,12 @@ async def test_a_redis_slow_to_answer_slows_the_stream_instead_of_growing_memory
         accepted = await store.accept(keys, input_doc={"content": "go"})
         draining = asyncio.create_task(drain_session(rt, "default", "firehose"))
         await eventually(lambda: model.produced >= 50)
-        proxy.hold()  # Redis stops answering
+        proxy.blackhole()  # Redis stops answering
         await asyncio.sleep(0.3)
         produced_before = model.produced
         await asyncio.sleep(1.0)
         produced_during_hold = model.produced - produced_before
-        proxy.release()
+        proxy.restore()
         await asyncio.wait_for(draining, 30)
         flusher.cancel()
         await aclient.aclose()
