@@ -30,7 +30,7 @@ from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from shared.addresses import Target, TargetRefused, TargetUnresolved, resolve
 from shared.channels.endpoints import Directory
 from shared.channels.lane import Lane, Reply
-from shared.channels.platform import Call, Result
+from shared.channels.platform import REPLY_ID_HEADER, Call, Result
 from shared.keys import SessionKeys
 from shared.settings import Settings
 from shared.store.records import now_ms
@@ -140,7 +140,7 @@ class ReplySender:
                 await self._bury(keys, reply, f"refused: {refused}")
                 return
             else:
-                status, headers, body, error = await self._post(call, target)
+                status, headers, body, error = await self._post(call, target, reply.id)
             result = endpoint.platform.result(status, headers, body) if status else None
             await self._settle(keys, claimed, reply, endpoint.id,
                                endpoint.platform.chat_interval_s, result, error)  # fmt: skip
@@ -176,16 +176,19 @@ class ReplySender:
         self._metrics.delivered("reply", "retried")
         await self._lane.later(keys, reply, now_ms() + int(self._backoff(reply.attempts) * 1000))
 
-    async def _post(self, call: Call, target: Target) -> tuple[int, dict[str, str], bytes, str]:
-        """POST ``call`` to the address checked for its URL: (status, lower-case headers,
-        body, error); status 0 when no answer came."""
+    async def _post(
+        self, call: Call, target: Target, reply_id: str
+    ) -> tuple[int, dict[str, str], bytes, str]:
+        """POST ``call`` to the address checked for its URL, naming the reply it delivers
+        (the same on every attempt): (status, lower-case headers, body, error); status 0
+        when no answer came."""
         assert self._session is not None
         try:
             async with self._session.post(
                 target.pinned_url,
                 json=call.json,
                 data=call.form,
-                headers={**call.headers, "host": target.host_header},
+                headers={**call.headers, "host": target.host_header, REPLY_ID_HEADER: reply_id},
                 allow_redirects=False,
                 server_hostname=target.server_hostname,
             ) as response:

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from shared.channels.platform import REPLY_ID_HEADER
 from tests.conftest import isolated_settings
 from tests.support.cluster import Cluster
 from tests.support.platform_requests import (
@@ -322,6 +323,7 @@ async def test_replies_survive_the_send_api_going_down_and_throttling(
             fake.throttle(2, 1, platform=channel)  # type: ignore[arg-type]
         restored.set()
 
+    first_attempt, first_sent = len(fake.attempts), len(fake.sent)
     fake.down()
     try:
         await asyncio.gather(every_channel(cluster, one, [texts] * 4), outage())
@@ -331,6 +333,11 @@ async def test_replies_survive_the_send_api_going_down_and_throttling(
     for attempt in fake.attempts:
         outcomes[attempt.platform].add(attempt.outcome)
     assert all({"down", "throttled"} <= outcomes[c] for c in CHANNELS), outcomes
+    # Every try of a reply named it, the same on each: a resend is not a second reply.
+    sent_ids = {s.reply_id for s in fake.sent[first_sent:]}
+    tried_ids = {a.headers.get(REPLY_ID_HEADER) for a in fake.attempts[first_attempt:]}
+    assert len(sent_ids) == 3 * len(CHANNELS) and "" not in sent_ids
+    assert tried_ids == sent_ids
 
 
 async def _until(
