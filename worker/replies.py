@@ -19,7 +19,6 @@ next pass (every other bot's replies).
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
 from typing import Any
 
@@ -35,14 +34,12 @@ from shared.keys import SessionKeys
 from shared.settings import Settings
 from shared.store.records import now_ms
 from worker.metrics import WorkerMetrics
-from worker.outgoing import client_session, keep_passing
+from worker.outgoing import InFlight, backoff_s, client_session, keep_passing
 
 MAX_RESPONSE_BYTES = 64 * 1024
 BATCH = 100
 IN_FLIGHT = 64
 POLL_S = 0.25
-
-log = logging.getLogger(__name__)
 
 
 class ReplySender:
@@ -63,9 +60,7 @@ class ReplySender:
         self._settings = settings
         self._limiter = SlidingWindowCounterRateLimiter(storage)
         self._wake = asyncio.Event()
-        self._slots = asyncio.Semaphore(IN_FLIGHT)
-        self._serving: set[asyncio.Task[None]] = set()
-        self._full = False  # the last pass filled every place: a send ending wakes it
+        self._serving = InFlight(IN_FLIGHT, self._wake, "sending a reply")
         self._session: aiohttp.ClientSession | None = None
         self.sent = 0
 
@@ -80,9 +75,7 @@ class ReplySender:
         try:
             await keep_passing(self._pass, self._wake, POLL_S, "sending replies")
         finally:
-            for task in self._serving:
-                task.cancel()
-            await asyncio.gather(*self._serving, return_exceptions=True)
+            await self._serving.close()
             await self._session.close()
 
     async def _pass(self) -> bool:
@@ -92,58 +85,46 @@ class ReplySender:
     async def once(self) -> int:
         """Start sending the head of as many due lanes as there are free places for;
         returns how many lanes (their sends finish in the background)."""
-        room = min(BATCH, IN_FLIGHT - len(self._serving))
+        room = self._serving.room(BATCH)
         if room <= 0:
             return 0
         lease_ms = int((self._settings.channel_timeout_s * 2 + 30) * 1000)
         claimed = await self._lane.claim(room, lease_ms)
-        self._full = len(claimed) == room
-        for keys, claim in claimed:
-            task = asyncio.create_task(self._serve(keys, claim))
-            self._serving.add(task)
-            task.add_done_callback(self._done)
+        self._serving.start([self._serve(keys, claim) for keys, claim in claimed], room)
         return len(claimed)
 
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._serving.discard(task)
-        if self._full:  # lanes may be waiting for this place
-            self._wake.set()
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("sending a reply failed", exc_info=task.exception())
-
     async def _serve(self, keys: SessionKeys, claimed: str) -> None:
-        async with self._slots:
-            reply = await self._lane.head(keys)
-            if reply is None:
-                await self._lane.release(keys, claimed)
-                return
-            endpoint = await self._directory.find(reply.endpoint_id)
-            if endpoint is None:
-                await self._bury(keys, reply, "the channel endpoint was deleted")
-                return
-            now = now_ms()
-            paused = await self._lane.paused_until(endpoint.id)
-            if paused > now:
-                await self._lane.later(keys, reply, paused)
-                return
-            rate = RateLimitItemPerSecond(endpoint.per_second or endpoint.platform.per_second)
-            if not await self._limiter.hit(rate, "channel", endpoint.id):
-                await self._lane.later(keys, reply, now + random.randint(100, 1000))
-                return
-            call = endpoint.platform.call(endpoint, reply.route, reply.text)
-            headers: dict[str, str] = {}
-            try:
-                target = await resolve(call.url, allow_private=self._settings.channel_allow_private)
-            except TargetUnresolved as unresolved:  # perhaps DNS only for now: tried again
-                status, body, error = 0, b"", str(unresolved)
-            except TargetRefused as refused:
-                await self._bury(keys, reply, f"refused: {refused}")
-                return
-            else:
-                status, headers, body, error = await self._post(call, target, reply.id)
-            result = endpoint.platform.result(status, headers, body) if status else None
-            await self._settle(keys, claimed, reply, endpoint.id,
-                               endpoint.platform.chat_interval_s, result, error)  # fmt: skip
+        reply = await self._lane.head(keys)
+        if reply is None:
+            await self._lane.release(keys, claimed)
+            return
+        endpoint = await self._directory.find(reply.endpoint_id)
+        if endpoint is None:
+            await self._bury(keys, reply, "the channel endpoint was deleted")
+            return
+        now = now_ms()
+        paused = await self._lane.paused_until(endpoint.id)
+        if paused > now:
+            await self._lane.later(keys, reply, paused)
+            return
+        rate = RateLimitItemPerSecond(endpoint.per_second or endpoint.platform.per_second)
+        if not await self._limiter.hit(rate, "channel", endpoint.id):
+            await self._lane.later(keys, reply, now + random.randint(100, 1000))
+            return
+        call = endpoint.platform.call(endpoint, reply.route, reply.text)
+        headers: dict[str, str] = {}
+        try:
+            target = await resolve(call.url, allow_private=self._settings.channel_allow_private)
+        except TargetUnresolved as unresolved:  # perhaps DNS only for now: tried again
+            status, body, error = 0, b"", str(unresolved)
+        except TargetRefused as refused:
+            await self._bury(keys, reply, f"refused: {refused}")
+            return
+        else:
+            status, headers, body, error = await self._post(call, target, reply.id)
+        result = endpoint.platform.result(status, headers, body) if status else None
+        await self._settle(keys, claimed, reply, endpoint.id,
+                           endpoint.platform.chat_interval_s, result, error)  # fmt: skip
 
     async def _settle(
         self,
@@ -174,7 +155,11 @@ class ReplySender:
             await self._bury(keys, reply, reply.last_error)
             return
         self._metrics.delivered("reply", "retried")
-        await self._lane.later(keys, reply, now_ms() + int(self._backoff(reply.attempts) * 1000))
+        settings = self._settings
+        pause = backoff_s(
+            reply.attempts, settings.channel_backoff_s, settings.channel_max_backoff_s
+        )
+        await self._lane.later(keys, reply, now_ms() + int(pause * 1000))
 
     async def _post(
         self, call: Call, target: Target, reply_id: str
@@ -201,8 +186,3 @@ class ReplySender:
     async def _bury(self, keys: SessionKeys, reply: Reply, why: str) -> None:
         self._metrics.delivered("reply", "dead_lettered")
         await self._lane.bury(keys, reply, why)
-
-    def _backoff(self, attempts: int) -> float:
-        settings = self._settings
-        base = settings.channel_backoff_s * 2.0 ** (attempts - 1)
-        return float(min(base * (0.5 + random.random()), settings.channel_max_backoff_s))

@@ -15,8 +15,6 @@ deliveries, and the outboxes that become chat replies).
 from __future__ import annotations
 
 import asyncio
-import logging
-import random
 from collections.abc import Callable
 
 import aiohttp
@@ -28,15 +26,13 @@ from shared.signing import signed_headers
 from shared.store.outbox import Delivery, Outbox, live_values
 from shared.store.records import now_ms
 from worker.metrics import WorkerMetrics
-from worker.outgoing import client_session, keep_passing
+from worker.outgoing import InFlight, backoff_s, client_session, keep_passing
 
 MAX_RESPONSE_BYTES = 64 * 1024
 SESSION_LEASE_MS = 30_000
 BATCH = 100
 IN_FLIGHT = 64
 POLL_S = 0.5
-
-log = logging.getLogger(__name__)
 
 
 class WebhookSender:
@@ -55,10 +51,8 @@ class WebhookSender:
         self._settings = settings
         self._replies_due = replies_due
         self._wake = asyncio.Event()
-        self._slots = asyncio.Semaphore(IN_FLIGHT)  # sends
         self._expanding = asyncio.Semaphore(IN_FLIGHT)
-        self._sending: set[asyncio.Task[None]] = set()
-        self._full = False  # the last pass filled every place: a send ending wakes it
+        self._sending = InFlight(IN_FLIGHT, self._wake, "sending a webhook")
         self._session: aiohttp.ClientSession | None = None
         self.sent = 0
 
@@ -73,9 +67,7 @@ class WebhookSender:
         try:
             await keep_passing(self._pass, self._wake, POLL_S, "webhook sending")
         finally:
-            for task in self._sending:
-                task.cancel()
-            await asyncio.gather(*self._sending, return_exceptions=True)
+            await self._sending.close()
             await self._session.close()
 
     async def _pass(self) -> bool:
@@ -88,24 +80,13 @@ class WebhookSender:
         outbox = self._outbox
         claimed = await outbox.claim_sessions(BATCH, SESSION_LEASE_MS)
         await asyncio.gather(*(self._expand(member, score) for member, score in claimed))
-        room = min(BATCH, IN_FLIGHT - len(self._sending))
+        room = self._sending.room(BATCH)
         if room <= 0:
             return 0
         lease_ms = int((self._settings.webhook_timeout_s * 2 + 30) * 1000)
         deliveries = await outbox.claim_deliveries(room, lease_ms)
-        self._full = len(deliveries) == room
-        for delivery in deliveries:
-            task = asyncio.create_task(self._send(delivery))
-            self._sending.add(task)
-            task.add_done_callback(self._done)
+        self._sending.start([self._send(d) for d in deliveries], room)
         return len(deliveries)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._sending.discard(task)
-        if self._full:  # deliveries may be waiting for this place
-            self._wake.set()
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("sending a webhook failed", exc_info=task.exception())
 
     async def _expand(self, member: str, claimed: str) -> None:
         """One session's outbox into deliveries and chat replies (sessions are expanded
@@ -128,24 +109,21 @@ class WebhookSender:
         return endpoint.live_secrets(now)
 
     async def _send(self, delivery: Delivery) -> None:
-        async with self._slots:
-            secrets_ = await self._secrets(delivery)
-            if secrets_ is None:  # the endpoint was deleted
-                await self._outbox.delivered(delivery)
-                return
-            if not secrets_:
-                delivery.last_error = "the endpoint is disabled"
-                await self._bury(delivery)
-                return
-            try:
-                target = await resolve(
-                    delivery.url, allow_private=self._settings.webhook_allow_private
-                )
-            except TargetRefused as refused:
-                delivery.last_error = f"refused: {refused}"
-                await self._bury(delivery)
-                return
-            await self._attempt(delivery, target, secrets_)
+        secrets_ = await self._secrets(delivery)
+        if secrets_ is None:  # the endpoint was deleted
+            await self._outbox.delivered(delivery)
+            return
+        if not secrets_:
+            delivery.last_error = "the endpoint is disabled"
+            await self._bury(delivery)
+            return
+        try:
+            target = await resolve(delivery.url, allow_private=self._settings.webhook_allow_private)
+        except TargetRefused as refused:
+            delivery.last_error = f"refused: {refused}"
+            await self._bury(delivery)
+            return
+        await self._attempt(delivery, target, secrets_)
 
     async def _attempt(self, delivery: Delivery, target: Target, secrets_: list[str]) -> None:
         body = delivery.payload.encode()
@@ -183,7 +161,10 @@ class WebhookSender:
         if delivery.attempts >= self._settings.webhook_max_attempts:
             await self._bury(delivery)
             return
-        pause = self._backoff(delivery.attempts)
+        settings = self._settings
+        pause = backoff_s(
+            delivery.attempts, settings.webhook_backoff_s, settings.webhook_max_backoff_s
+        )
         if wait is not None and status in (429, 503):
             pause = max(pause, wait)
         self._metrics.delivered("webhook", "retried")
@@ -192,11 +173,6 @@ class WebhookSender:
     async def _bury(self, delivery: Delivery) -> None:
         self._metrics.delivered("webhook", "dead_lettered")
         await self._outbox.bury(delivery)
-
-    def _backoff(self, attempts: int) -> float:
-        settings = self._settings
-        base = settings.webhook_backoff_s * 2.0 ** (attempts - 1)
-        return float(min(base * (0.5 + random.random()), settings.webhook_max_backoff_s))
 
     async def _disable(self, delivery: Delivery) -> None:
         """``410 Gone``: the receiver wants no more; its endpoint is switched off."""

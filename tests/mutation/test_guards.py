@@ -244,7 +244,7 @@ MUTANTS = [
       "        if False:\n",
       f"{HOOKS}::test_a_delivery_that_gives_up_is_a_dead_letter_and_can_be_replayed"),
     m("a refused target is not sent to", "worker/webhooks.py",
-      '                delivery.last_error = f"refused: {refused}"\n', "                raise\n",
+      '            delivery.last_error = f"refused: {refused}"\n', "            raise\n",
       f"{HOOKS}::test_a_private_target_is_refused_without_a_connection"),
     m("every valid secret signs", "shared/signing.py",
       '" ".join(signature(s, msg_id, at, body) for s in secrets_)',
