@@ -9,10 +9,8 @@ workers' ``chatlane_deliveries_total`` counts every send, retry and dead letter.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import json
 import socket
-import threading
 from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -35,6 +33,7 @@ from tests.support.cluster import Cluster
 from tests.support.faults import wait_for
 from tests.support.ledger import Ledger, observe_end
 from tests.support.ledger_check import check, report
+from tests.support.loop_thread import LoopThread
 from tests.support.platform_requests import (
     TELEGRAM_SECRET_TOKEN,
     telegram_request,
@@ -102,8 +101,7 @@ class PlatformFront:
         self.answered: Counter[tuple[str, str]] = Counter()
         self._sock = _reserved_port()
         self.port: int = self._sock.getsockname()[1]
-        self._loop = asyncio.new_event_loop()
-        self._thread: threading.Thread | None = None
+        self._thread = LoopThread(self._start, self._stop, "platform-front")
         self._runner: web.AppRunner | None = None
         self._server: asyncio.AbstractServer | None = None
         self._client: aiohttp.ClientSession | None = None
@@ -121,30 +119,14 @@ class PlatformFront:
         """Answer from now on as ``mode`` says (listening first, if it was refusing)."""
         self.mode = mode
         if mode[0] != "refuse":
-            asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(10)
+            self._thread.call(self._listen())
 
     def __enter__(self) -> PlatformFront:
-        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
-
-        def run() -> None:
-            asyncio.set_event_loop(self._loop)
-            self._loop.run_until_complete(self._start())
-            ready.set_result(None)
-            try:
-                self._loop.run_forever()
-            finally:
-                self._loop.run_until_complete(self._stop())
-                self._loop.close()
-
-        self._thread = threading.Thread(target=run, name="platform-front", daemon=True)
-        self._thread.start()
-        ready.result(10)
+        self._thread.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
+        self._thread.__exit__(*exc)
 
     async def _start(self) -> None:
         app = web.Application()

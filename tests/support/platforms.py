@@ -40,6 +40,7 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 
 from shared.channels.platform import REPLY_ID_HEADER
+from tests.support.loop_thread import LoopThread
 
 Platform = Literal["telegram", "slack", "twilio", "whatsapp"]
 PLATFORMS: tuple[Platform, ...] = ("telegram", "slack", "twilio", "whatsapp")
@@ -831,46 +832,19 @@ class PlatformsThread:
 
     def __init__(self, fake: PlatformsFake | None = None, port: int = 0) -> None:
         self.fake = fake if fake is not None else PlatformsFake()
-        self._port = port
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        fake_ = self.fake
+        self._thread = LoopThread(lambda: fake_.start(port), fake_.stop, "platforms-fake")
 
     @property
     def base_url(self) -> str:
         return self.fake.base_url
 
     def __enter__(self) -> PlatformsThread:
-        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            try:
-                loop.run_until_complete(self.fake.start(self._port))
-            except BaseException as exc:
-                ready.set_exception(exc)
-                loop.close()
-                return
-            ready.set_result(None)
-            try:
-                loop.run_forever()
-            finally:
-                loop.run_until_complete(self.fake.stop())
-                loop.close()
-
-        self._thread = threading.Thread(target=run, name="platforms-fake", daemon=True)
-        self._thread.start()
-        ready.result(10)
+        self._thread.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
-        self._thread = None
-        self._loop = None
+        self._thread.__exit__(*exc)
 
     def wait_for(self, predicate: Callable[[], bool], timeout_s: float = 5.0) -> None:
         """Block until ``predicate()`` holds; fail the test (AssertionError) after ``timeout_s``."""

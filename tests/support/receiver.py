@@ -4,13 +4,13 @@ answers each with the next scripted behaviour (then ``200``)."""
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from tests.support.loop_thread import LoopThread
 
 Behaviour = tuple[Any, ...]  # ("status", code[, headers]) | ("sleep", s) | ("redirect", to)
 
@@ -76,33 +76,15 @@ class ReceiverThread:
 
     def __init__(self, receiver: Receiver | None = None) -> None:
         self.receiver = receiver if receiver is not None else Receiver()
-        self._loop = asyncio.new_event_loop()
-        self._thread: threading.Thread | None = None
+        self._thread = LoopThread(self.receiver.start, self.receiver.stop, "webhook-receiver")
 
     @property
     def url(self) -> str:
         return self.receiver.url
 
     def __enter__(self) -> ReceiverThread:
-        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
-        loop = self._loop
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            loop.run_until_complete(self.receiver.start())
-            ready.set_result(None)
-            try:
-                loop.run_forever()
-            finally:
-                loop.run_until_complete(self.receiver.stop())
-                loop.close()
-
-        self._thread = threading.Thread(target=run, name="webhook-receiver", daemon=True)
-        self._thread.start()
-        ready.result(10)
+        self._thread.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
+        self._thread.__exit__(*exc)
