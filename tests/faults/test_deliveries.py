@@ -22,7 +22,6 @@ import aiohttp
 import httpx
 import redis
 from aiohttp import web
-from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks import Webhook
 
 from shared.keys import GlobalKeys, SessionKeys
@@ -30,7 +29,7 @@ from shared.settings import Settings
 from shared.store.records import ChannelRoute
 from tests.support.checker import message_for
 from tests.support.cluster import Cluster
-from tests.support.faults import wait_for
+from tests.support.faults import metrics_of, wait_for
 from tests.support.ledger import Ledger, observe_end
 from tests.support.ledger_check import check, report
 from tests.support.loop_thread import LoopThread
@@ -53,15 +52,8 @@ def _settings(fault_settings: Callable[..., Settings], kind: str) -> Settings:
 
 def _deliveries(cluster: Cluster, kind: str, result: str) -> float:
     """``chatlane_deliveries_total{kind, result}`` summed over every worker."""
-    total = 0.0
-    for url in cluster.worker_metrics.values():
-        text = httpx.get(f"{url}/metrics", timeout=10).text
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                labels = {"kind": kind, "result": result}
-                if sample.name == "chatlane_deliveries_total" and sample.labels == labels:
-                    total += sample.value
-    return total
+    urls = cluster.worker_metrics.values()
+    return metrics_of(urls, "chatlane_deliveries_total", kind=kind, result=result)
 
 
 def _reserved_port() -> socket.socket:

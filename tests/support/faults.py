@@ -57,21 +57,25 @@ def _ended(client: redis.Redis, settings: Settings, told: Told) -> bool:
     return json.loads(raw)["status"] in TERMINAL  # type: ignore[arg-type]
 
 
-def metric(base_url: str, name: str, label: str | None = None) -> float:
+def metric(base_url: str, name: str, label: str | None = None, **labels: str) -> float:
     """The sum of ``name``'s samples at ``{base_url}/metrics`` (only those with a label of
-    value ``label``, when given)."""
+    value ``label``, when given, and with each of ``labels``)."""
     text = httpx.get(f"{base_url}/metrics", timeout=10).text
     total = 0.0
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == name and (label is None or label in sample.labels.values()):
+            if (
+                sample.name == name
+                and (label is None or label in sample.labels.values())
+                and all(sample.labels.get(k) == v for k, v in labels.items())
+            ):
                 total += sample.value
     return total
 
 
-def metrics_of(urls: Iterable[str], name: str, label: str | None = None) -> float:
+def metrics_of(urls: Iterable[str], name: str, label: str | None = None, **labels: str) -> float:
     """``metric`` summed over several processes."""
-    return sum(metric(url, name, label) for url in urls)
+    return sum(metric(url, name, label, **labels) for url in urls)
 
 
 def ledger_of(told: Iterable[Told], may_be_lost: tuple[float, float] | None = None) -> Ledger:
