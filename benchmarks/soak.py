@@ -364,29 +364,10 @@ def _checked(
             found = check(ledger, end)
             waiting = [v for v in found if v.kind in ("webhook_missing", "reply_missing")]
             if not waiting or time.monotonic() > deadline:
-                for v in waiting[:5]:
-                    print("unsent:", v, _diagnosis(client, settings, ledger, v.detail))
                 return found
             time.sleep(1)
     finally:
         client.close()
-
-
-def _diagnosis(client: Any, settings: Settings, ledger: Ledger, detail: str) -> str:
-    """What the store says of a turn a delivery was owed for (its record, dead letters)."""
-    tenant, _, rest = detail.partition("/")
-    session = rest.split(":", 1)[0]
-    turn_id = next((w.rstrip("'s") for w in rest.split() if w.startswith("turn_")), "")
-    turn_id = turn_id.split("'")[0]
-    keys = SessionKeys(settings.key_prefix, tenant, session)
-    raw = client.hget(keys.turns, turn_id) or "{}"
-    record = json.loads(raw)
-    dead = client.hlen(f"{settings.key_prefix}:dead:{tenant}")
-    return (
-        f"status={record.get('status')} error={record.get('error')} "
-        f"answered_by={record.get('answered_by')} webhook={record.get('webhook')} "
-        f"strategy={record.get('strategy')} dead_letters={dead} outbox={client.llen(keys.outbox)}"
-    )
 
 
 def _latencies(settings: Settings, told: list[Told], started: float) -> list[float]:
