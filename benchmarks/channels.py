@@ -93,14 +93,7 @@ from tests.support.platform_requests import (
     TELEGRAM_SECRET_TOKEN,
     WHATSAPP_APP_SECRET,
     SignedRequest,
-    slack_message,
-    slack_request,
-    telegram_request,
-    telegram_text_message,
-    twilio_message_params,
-    twilio_request,
-    whatsapp_request,
-    whatsapp_text_message,
+    text_message_request,
 )
 from tests.support.platforms import (
     SLACK_BOT_TOKEN,
@@ -247,14 +240,7 @@ class Bot:
 
     def inbound(self, chat: str, text: str) -> SignedRequest:
         """The platform's webhook request for one text message, signed as it signs."""
-        if self.channel == "telegram":
-            return telegram_request(telegram_text_message(chat_id=int(chat), text=text))
-        if self.channel == "slack":
-            return slack_request(slack_message(channel=chat, user="U0000USER1", text=text))
-        if self.channel == "whatsapp":
-            return whatsapp_request(whatsapp_text_message(from_=chat, text=text))
-        params = twilio_message_params(from_=chat, body=text)
-        return twilio_request(self.webhook_url, params)
+        return text_message_request(self.channel, chat, text, url=self.webhook_url)
 
 
 def chat_id(channel: str, block: int, n: int) -> str:

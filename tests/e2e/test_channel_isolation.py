@@ -23,14 +23,7 @@ from tests.support.platform_requests import (
     SLACK_SIGNING_SECRET,
     WHATSAPP_APP_SECRET,
     SignedRequest,
-    slack_message,
-    slack_request,
-    telegram_request,
-    telegram_text_message,
-    twilio_message_params,
-    twilio_request,
-    whatsapp_request,
-    whatsapp_text_message,
+    text_message_request,
 )
 from tests.support.platforms import PlatformsThread
 from tests.support.polling import eventually
@@ -107,21 +100,7 @@ def chat_id(channel: str, n: int) -> str:
 
 def inbound(channel: str, tenant: int, url: str, chat: str, text: str) -> SignedRequest:
     made = credentials(channel, tenant)
-    if channel == "telegram":
-        return telegram_request(
-            telegram_text_message(chat_id=int(chat), text=text), secret_token=made["secret_token"]
-        )
-    if channel == "slack":
-        return slack_request(slack_message(channel=chat, user="U1", text=text))
-    if channel == "whatsapp":
-        number = made["phone_number_id"]
-        return whatsapp_request(
-            whatsapp_text_message(from_=chat, text=text, phone_number_id=number)
-        )
-    params = twilio_message_params(
-        from_=chat, body=text, to=own_number(tenant), account_sid=made["account_sid"]
-    )
-    return twilio_request(url, params, auth_token=made["auth_token"])
+    return text_message_request(channel, chat, text, url=url, secrets_=made, to=own_number(tenant))
 
 
 def run(cluster: Cluster, platforms: PlatformsThread, model: ModelServer, chats: int) -> None:

@@ -24,12 +24,7 @@ from tests.support.platform_requests import (
     SignedRequest,
     slack_message,
     slack_request,
-    telegram_request,
-    telegram_text_message,
-    twilio_message_params,
-    twilio_request,
-    whatsapp_request,
-    whatsapp_text_message,
+    text_message_request,
 )
 from tests.support.platforms import (
     SLACK_BOT_TOKEN,
@@ -88,20 +83,9 @@ class Bot:
     def inbound(self, chat: str, text: str, message_id: str | None = None) -> SignedRequest:
         """The platform's webhook request for one text message (``message_id``: the
         platform's id, to imitate a redelivery)."""
-        if self.channel == "telegram":
-            update = telegram_text_message(chat_id=int(chat), text=text)
-            if message_id is not None:
-                update["update_id"] = int(message_id)
-            return telegram_request(update)
-        if self.channel == "slack":
-            event = slack_message(channel=chat, user="U0000USER1", text=text, event_id=message_id)
-            return slack_request(event)
-        if self.channel == "whatsapp":
-            return whatsapp_request(
-                whatsapp_text_message(from_=chat, text=text, message_id=message_id)
-            )
-        params = twilio_message_params(from_=chat, body=text, message_sid=message_id)
-        return twilio_request(self.webhook_url, params)
+        return text_message_request(
+            self.channel, chat, text, url=self.webhook_url, message_id=message_id
+        )
 
 
 def credentials(channel: str) -> dict[str, str]:

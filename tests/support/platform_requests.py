@@ -20,6 +20,7 @@ import itertools
 import json
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlencode
@@ -643,3 +644,49 @@ def _default_user(chat_id: int) -> int:
 
 def _update_id() -> int:
     return 100_000_000 + _next()
+
+
+# -- any platform ----------------------------------------------------------------------------
+
+
+def text_message_request(
+    channel: str,
+    chat: str,
+    text: str,
+    *,
+    url: str = "",
+    message_id: str | None = None,
+    secrets_: Mapping[str, str] | None = None,
+    to: str = TWILIO_SMS_NUMBER,
+) -> SignedRequest:
+    """One text message from ``chat`` as ``channel``'s platform posts it to its webhook at
+    ``url`` (Twilio signs the URL), signed with the test credentials or an endpoint's own
+    (``secrets_``: ``secret_token``, ``phone_number_id``, ``account_sid``, ``auth_token``).
+    ``message_id``: the platform's id, to imitate a redelivery; ``to``: the Twilio number."""
+    made = secrets_ or {}
+    if channel == "telegram":
+        update = telegram_text_message(chat_id=int(chat), text=text)
+        if message_id is not None:
+            update["update_id"] = int(message_id)
+        return telegram_request(
+            update, secret_token=made.get("secret_token", TELEGRAM_SECRET_TOKEN)
+        )
+    if channel == "slack":
+        return slack_request(
+            slack_message(channel=chat, user="U0000USER1", text=text, event_id=message_id)
+        )
+    if channel == "whatsapp":
+        number = made.get("phone_number_id", WHATSAPP_PHONE_NUMBER_ID)
+        return whatsapp_request(
+            whatsapp_text_message(
+                from_=chat, text=text, message_id=message_id, phone_number_id=number
+            )
+        )
+    params = twilio_message_params(
+        from_=chat,
+        body=text,
+        to=to,
+        message_sid=message_id,
+        account_sid=made.get("account_sid", TWILIO_ACCOUNT_SID),
+    )
+    return twilio_request(url, params, auth_token=made.get("auth_token", TWILIO_AUTH_TOKEN))
